@@ -1,0 +1,199 @@
+"""Typed configuration: every tunable lives in ``params.yaml`` and is read here.
+
+The CLI, the dvc stages and the Prefect flows all call :func:`load_params`, so a
+typo in a key is an error everywhere, with the file and the key named, instead
+of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed or holds an invalid value."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors and settings never change after loading.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Severity(StrEnum):
+    """What a failed check does: stop the pipeline, only report, or not run."""
+
+    error = "error"
+    warn = "warn"
+    off = "off"
+
+
+class DataConfig(_Strict):
+    """Where each dataset lives, relative to the directory of ``params.yaml``."""
+
+    seed_train: str = "data/seed/banking77/train.csv"
+    seed_test: str = "data/seed/banking77/test.csv"
+    seed_text_column: str = "text"
+    seed_label_column: str = "category"
+    labeled_dir: str = "data/labeled"
+    test_dir: str = "data/test"
+    splits_dir: str = "data/splits"
+    pending_dir: str = "data/imports/pending"
+    imported_dir: str = "data/imports/done"
+
+
+class LabelsConfig(_Strict):
+    """The label set every dataset is checked against."""
+
+    label_set: str = "data/seed/banking77/categories.json"
+    allow_new: bool = Field(
+        default=False,
+        description="Accept labels missing from label_set as new classes on import.",
+    )
+
+
+class SeverityConfig(_Strict):
+    """Severity of each validation check."""
+
+    schema_: Severity = Field(default=Severity.error, alias="schema")
+    not_null: Severity = Severity.error
+    text_length: Severity = Severity.error
+    label_in_set: Severity = Severity.error
+    exact_duplicate: Severity = Severity.error
+    near_duplicate: Severity = Severity.warn
+    leakage: Severity = Severity.error
+    min_examples_per_class: Severity = Severity.error
+
+
+class ValidationConfig(_Strict):
+    """Bounds and severities of the data validation gate."""
+
+    text_min_chars: Annotated[int, Field(ge=1)] = 2
+    text_max_chars: Annotated[int, Field(ge=1)] = 1000
+    min_examples_per_class: Annotated[int, Field(ge=0)] = 10
+    sample_rows: Annotated[int, Field(ge=0, le=1000)] = 5
+    report_dir: str = "reports/validation"
+    severity: SeverityConfig = SeverityConfig()
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidationConfig:
+        if self.text_min_chars > self.text_max_chars:
+            raise ValueError(
+                f"text_min_chars ({self.text_min_chars}) is greater than "
+                f"text_max_chars ({self.text_max_chars})"
+            )
+        return self
+
+
+class CsvImportConfig(_Strict):
+    """Column names and format of CSV label files."""
+
+    text_column: str = "text"
+    label_column: str = "label"
+    annotator_column: str | None = Field(
+        default=None,
+        description="Column naming the annotator; rows sharing a text are then votes.",
+    )
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    encoding: str = "utf-8-sig"
+
+
+class LabelStudioImportConfig(_Strict):
+    """How Label Studio exports map onto text and label."""
+
+    text_field: str = "text"
+    from_name: str | None = Field(
+        default=None,
+        description="Only read choices from this control tag (default: any choices).",
+    )
+
+
+class ImportConfig(_Strict):
+    """Label import: formats and the voting rule for several annotators."""
+
+    min_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    csv: CsvImportConfig = CsvImportConfig()
+    label_studio: LabelStudioImportConfig = LabelStudioImportConfig()
+
+
+class SplitConfig(_Strict):
+    """Validation split carved from the labeled data (never from the test split)."""
+
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    seed: int = 13
+
+
+class DvcConfig(_Strict):
+    """How new dataset versions are recorded."""
+
+    push: bool = Field(default=True, description="Push each new version to the default remote.")
+
+
+class Params(_Strict):
+    """Everything in ``params.yaml``."""
+
+    data: DataConfig = DataConfig()
+    labels: LabelsConfig = LabelsConfig()
+    validation: ValidationConfig = ValidationConfig()
+    label_import: ImportConfig = ImportConfig()
+    split: SplitConfig = SplitConfig()
+    dvc: DvcConfig = DvcConfig()
+
+    # Directory of the params file; relative paths are resolved against it.
+    root: Path = Field(default=Path("."), exclude=True)
+
+    def path(self, relative: str | Path) -> Path:
+        """Resolve a path from the config against the project root."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: Path, root: Path | None = None) -> Params:
+    """Validate an already-parsed mapping; ``source`` names it in errors."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "root" in raw:
+        raise ConfigError(f"{source}: root: unknown key")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    return params.model_copy(update={"root": root if root is not None else source.parent})
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate a params file; raise :class:`ConfigError` naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where} malformed YAML: {problem}") from None
+    return parse_params(raw, path, root=path.resolve().parent)

@@ -1,0 +1,10 @@
+"""Errors that reach the user: each names the file, row or field and what was wrong."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Input data cannot be used as it is (malformed file, missing column, unknown label).
+
+    Raised before anything is written, so a rejected input changes nothing.
+    """
