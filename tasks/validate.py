@@ -1,0 +1,410 @@
+"""The validation gate: Great Expectations checks on a labeled dataset.
+
+Every check is a GX expectation tagged with the check's name, run through one
+checkpoint that also builds GX's HTML Data Docs. Rows that fail a row-level
+check are quarantined with the reason; whether a failure stops the pipeline is
+the check's configured severity (``error`` stops, ``warn`` reports).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.config import Params, Severity
+from tasks.dataset import (
+    QUARANTINE_COLUMNS,
+    REQUIRED_COLUMNS,
+    normalise,
+    write_csv_atomic,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+# Checks in the order they are reported. Row-level checks quarantine rows;
+# table- and dataset-level checks only pass or fail.
+ROW_CHECKS = (
+    "not_null",
+    "text_length",
+    "label_in_set",
+    "exact_duplicate",
+    "near_duplicate",
+    "leakage",
+)
+CHECKS = ("schema", *ROW_CHECKS, "min_examples_per_class")
+ROW = "row"  # 1-based data row number (header excluded), used to name rows in messages
+
+
+@dataclass
+class CheckOutcome:
+    """What one check found."""
+
+    check: str
+    severity: Severity
+    success: bool
+    unexpected_count: int = 0
+    message: str = ""
+    rows: list[int] = field(default_factory=list)
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    expectations: list[str] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> bool:
+        """A failure at error severity stops the pipeline."""
+        return not self.success and self.severity == Severity.error
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of the gate: per-check results, the rows kept and the rows set aside."""
+
+    dataset: str
+    rows: int
+    checks: list[CheckOutcome]
+    clean: pd.DataFrame
+    quarantined: pd.DataFrame
+    data_docs: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True when no check at error severity failed."""
+        return not any(c.blocking for c in self.checks)
+
+    def problems(self) -> list[str]:
+        """One line per failed check, errors first."""
+        failed = [c for c in self.checks if not c.success]
+        failed.sort(key=lambda c: c.severity != Severity.error)
+        return [f"[{c.severity}] {c.check}: {c.message}" for c in failed]
+
+    def report(self) -> dict[str, Any]:
+        """The machine-readable report (what is written as JSON)."""
+        return {
+            "dataset": self.dataset,
+            "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "passed": self.passed,
+            "rows": self.rows,
+            "rows_quarantined": len(self.quarantined),
+            "failed_checks": [c.check for c in self.checks if not c.success],
+            "checks": [
+                {
+                    "check": c.check,
+                    "severity": str(c.severity),
+                    "success": c.success,
+                    "unexpected_count": c.unexpected_count,
+                    "message": c.message,
+                    "expectations": c.expectations,
+                    "sample": c.sample,
+                }
+                for c in self.checks
+            ],
+            "data_docs": str(self.data_docs / "index.html") if self.data_docs else None,
+        }
+
+
+def _context(docs_dir: Path | None):
+    """A fresh in-memory GX context (no files, no analytics, no progress bars)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    ctx = gx.get_context(mode="ephemeral", project_config=config)
+    if docs_dir is not None:
+        ctx.add_data_docs_site(
+            site_name="slmops",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+    return ctx
+
+
+def _frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
+    """The frame GX checks: the data plus derived columns (row number, normalised text)."""
+    out = df.copy()
+    out.insert(0, ROW, range(1, len(df) + 1))
+    if "text" in out:
+        text = out["text"]
+        # Whitespace-only text counts as missing.
+        blank = text.isna() | text.astype(str).str.strip().eq("")
+        out["text"] = text.where(~blank, None)
+        out["_norm"] = out["text"].map(lambda t: normalise(t) if isinstance(t, str) else None)
+        if test_texts is not None:
+            test_norm = {normalise(t) for t in test_texts.dropna()}
+            out["_in_test"] = out["_norm"].isin(test_norm)
+    if "label" in out:
+        label = out["label"]
+        blank = label.isna() | label.astype(str).str.strip().eq("")
+        out["label"] = label.where(~blank, None)
+        out["_label_count"] = out["label"].map(out["label"].value_counts()).fillna(0).astype(int)
+    return out
+
+
+def _expectations(
+    columns: set[str],
+    required: tuple[str, ...],
+    params: Params,
+    label_set: list[str],
+) -> list[tuple[str, Any]]:
+    """(check, expectation) pairs for the checks that are not switched off."""
+    import great_expectations.expectations as gxe
+
+    v = params.validation
+    sev = v.severity
+    wanted: list[tuple[str, Any]] = [
+        ("schema", gxe.ExpectTableColumnsToMatchSet(column_set=list(required), exact_match=False))
+    ]
+    has_text, has_label = "text" in columns, "label" in columns
+    if has_text:
+        wanted += [
+            ("not_null", gxe.ExpectColumnValuesToNotBeNull(column="text")),
+            (
+                "text_length",
+                gxe.ExpectColumnValueLengthsToBeBetween(
+                    column="text", min_value=v.text_min_chars, max_value=v.text_max_chars
+                ),
+            ),
+            ("exact_duplicate", gxe.ExpectColumnValuesToBeUnique(column="text")),
+            ("near_duplicate", gxe.ExpectColumnValuesToBeUnique(column="_norm")),
+        ]
+        if "_in_test" in columns:
+            # A boolean column, not a value set of every test text: GX serialises
+            # expectation configs many times per run, and a 3k-value set makes that slow.
+            wanted.append(
+                (
+                    "leakage",
+                    gxe.ExpectColumnValuesToNotBeInSet(column="_in_test", value_set=[True]),
+                )
+            )
+    if has_label:
+        wanted += [
+            ("not_null", gxe.ExpectColumnValuesToNotBeNull(column="label")),
+            ("label_in_set", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=label_set)),
+            (
+                "min_examples_per_class",
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="_label_count", min_value=v.min_examples_per_class
+                ),
+            ),
+            (
+                "min_examples_per_class",
+                gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=label_set),
+            ),
+        ]
+    enabled = [
+        (c, e) for c, e in wanted if getattr(sev, "schema_" if c == "schema" else c) != "off"
+    ]
+    for check, exp in enabled:
+        exp.meta = {"check": check}
+    return enabled
+
+
+def _run_checkpoint(frame: pd.DataFrame, expectations: list, docs_dir: Path | None) -> list:
+    """Run the expectations through a GX checkpoint; return GX's per-expectation results."""
+    import great_expectations as gx
+
+    ctx = _context(docs_dir)
+    name = f"slmops-{uuid.uuid4().hex[:8]}"
+    batch_def = (
+        ctx.data_sources.add_pandas(name)
+        .add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe(name)
+    )
+    suite = ctx.suites.add(gx.ExpectationSuite(name="labeled_data"))
+    for _, exp in expectations:
+        suite.add_expectation(exp)
+    vd = ctx.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
+    )
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir else []
+    checkpoint = ctx.checkpoints.add(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[vd],
+            actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW]},
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return [r for run in result.run_results.values() for r in run.results]
+
+
+def _row_reasons(
+    check: str, column: str, rows: list[int], frame: pd.DataFrame, params: Params
+) -> dict[int, str]:
+    """A reason per failing row, naming what was wrong with it."""
+    v = params.validation
+    by_row = frame.set_index(ROW)
+    reasons: dict[int, str] = {}
+    if check in ("exact_duplicate", "near_duplicate"):
+        key = "text" if check == "exact_duplicate" else "_norm"
+        first = by_row.loc[rows].reset_index().groupby(key, sort=False)[ROW].min()
+        for r in rows:
+            k = by_row.at[r, key]
+            exact_dup = (
+                check == "near_duplicate" and by_row.at[r, "text"] == by_row.at[first[k], "text"]
+            )
+            # The first occurrence stays; later ones are set aside (exact copies
+            # are already reported by exact_duplicate).
+            if first[k] != r and not exact_dup:
+                what = "duplicate" if check == "exact_duplicate" else "near-duplicate (case/space)"
+                reasons[r] = f"{what} of row {first[k]}"
+        return reasons
+    for r in rows:
+        text, label = by_row.at[r, "text"], by_row.at[r, "label"]
+        if check == "not_null":
+            reasons[r] = f"{column} is empty"
+        elif check == "text_length":
+            reasons[r] = f"text length {len(text)} outside [{v.text_min_chars}, {v.text_max_chars}]"
+        elif check == "label_in_set":
+            reasons[r] = f"label {label!r} is not in the label set"
+        elif check == "leakage":
+            reasons[r] = "text also appears in the test split (leakage)"
+    return reasons
+
+
+def validate_frame(
+    df: pd.DataFrame,
+    params: Params,
+    label_set: list[str],
+    test_texts: pd.Series | None = None,
+    *,
+    dataset: str = "dataset",
+    required: tuple[str, ...] = REQUIRED_COLUMNS,
+    docs_dir: Path | None = None,
+) -> ValidationResult:
+    """Run the gate on a frame.
+
+    ``test_texts`` enables the leakage check (texts also in the test split);
+    ``docs_dir`` makes GX build its HTML Data Docs there. Row-level failures
+    of any severity are quarantined; ``ValidationResult.passed`` is False when
+    a check at error severity failed.
+    """
+    frame = _frame(df.reset_index(drop=True), test_texts)
+    expectations = _expectations(set(frame.columns), required, params, label_set)
+    results = _run_checkpoint(frame, expectations, docs_dir)
+
+    sev = params.validation.severity
+    outcomes: dict[str, CheckOutcome] = {}
+    reasons: dict[int, list[tuple[str, str]]] = {}
+    for res in results:
+        check = res.expectation_config.meta["check"]
+        severity = Severity(getattr(sev, "schema_" if check == "schema" else check))
+        out = outcomes.setdefault(check, CheckOutcome(check, severity, True))
+        out.expectations.append(f"{res.expectation_config.type}({_column(res)})")
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            out.success = False
+            out.message += f"could not run: {res.exception_info.get('exception_message')}; "
+            continue
+        if res.success:
+            continue
+        out.success = False
+        detail = res.result or {}
+        if check == "schema":
+            missing = sorted(set(required) - set(df.columns))
+            out.message = f"missing column(s): {', '.join(missing)}; found {', '.join(df.columns)}"
+            continue
+        if res.expectation_config.type == "expect_column_distinct_values_to_contain_set":
+            absent = sorted(set(label_set) - set(frame["label"].dropna()))
+            out.message += f"{len(absent)} label(s) with no examples: {', '.join(absent[:20])}; "
+            out.unexpected_count += len(absent)
+            continue
+        rows = [int(i[ROW]) for i in detail.get("unexpected_index_list") or []]
+        if check == "min_examples_per_class":
+            counts = frame.loc[frame[ROW].isin(rows)].groupby("label").size()
+            out.unexpected_count += len(counts)
+            listed = ", ".join(f"{k} ({n})" for k, n in counts.sort_values().items())
+            out.message += (
+                f"{len(counts)} label(s) with fewer than "
+                f"{params.validation.min_examples_per_class} examples: {listed}; "
+            )
+            continue
+        for r, why in _row_reasons(check, _column(res), rows, frame, params).items():
+            reasons.setdefault(r, []).append((check, why))
+            if r not in out.rows:
+                out.rows.append(r)
+
+    for out in outcomes.values():
+        out.message = out.message.rstrip("; ")
+        if out.rows:
+            out.rows.sort()
+            out.unexpected_count = len(out.rows)
+            out.success = False
+            out.message = f"{len(out.rows)} row(s), " + _describe(out.rows, reasons, out.check)
+            out.sample = _sample(frame, out.rows, reasons, out.check, params.validation.sample_rows)
+        elif out.check in ROW_CHECKS and not out.message:
+            out.success = True  # e.g. only first occurrences of duplicates were flagged
+    checks = [outcomes[c] for c in CHECKS if c in outcomes]
+
+    bad = sorted(reasons)
+    keep = ~frame[ROW].isin(bad)
+    clean = df.reset_index(drop=True).loc[keep.to_numpy()].reset_index(drop=True)
+    quarantined = df.reset_index(drop=True).loc[(~keep).to_numpy()].copy()
+    quarantined["check"] = [",".join(c for c, _ in reasons[r]) for r in bad]
+    quarantined["reason"] = [f"row {r}: " + "; ".join(w for _, w in reasons[r]) for r in bad]
+    quarantined["quarantined_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return ValidationResult(
+        dataset, len(df), checks, clean, quarantined.reset_index(drop=True), docs_dir
+    )
+
+
+def _column(res: Any) -> str:
+    kwargs = res.expectation_config.kwargs
+    return str(kwargs.get("column", "table"))
+
+
+def _describe(rows: list[int], reasons: dict[int, list[tuple[str, str]]], check: str) -> str:
+    why = [dict(reasons[r])[check] for r in rows]
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    if len(set(why)) == 1:
+        return f"{why[0]}: row(s) {', '.join(map(str, rows[:5]))}{more}"
+    return "; ".join(f"row {r}: {w}" for r, w in zip(rows[:5], why, strict=False)) + more
+
+
+def _sample(
+    frame: pd.DataFrame,
+    rows: list[int],
+    reasons: dict[int, list[tuple[str, str]]],
+    check: str,
+    n: int,
+) -> list[dict[str, Any]]:
+    by_row = frame.set_index(ROW)
+    return [
+        {
+            "row": r,
+            "text": by_row.at[r, "text"] if "text" in by_row else None,
+            "label": by_row.at[r, "label"] if "label" in by_row else None,
+            "reason": dict(reasons[r])[check],
+        }
+        for r in rows[:n]
+    ]
+
+
+def write_outputs(result: ValidationResult, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``quarantine.csv`` (rows set aside, with reasons)."""
+    report = out_dir / "report.json"
+    quarantine = out_dir / "quarantine.csv"
+    write_json_atomic(result.report(), report)
+    columns = [*result.quarantined.columns.difference(QUARANTINE_COLUMNS, sort=False)]
+    ordered = [c for c in QUARANTINE_COLUMNS if c in result.quarantined.columns] + columns
+    write_csv_atomic(result.quarantined[ordered], quarantine)
+    return report, quarantine
