@@ -170,7 +170,9 @@ def parse_params(raw: Any, source: Path, root: Path | None = None) -> Params:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     if "root" in raw:
         raise ConfigError(f"{source}: root: unknown key")
     try:

@@ -23,6 +23,11 @@ import pandas as pd
 from tasks.config import Params
 from tasks.errors import DataError
 
+# mkstemp creates files readable by the owner only; give written data the usual mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 LABELED_FILE = "labeled.csv"
 LABELS_FILE = "labels.json"
 QUARANTINE_FILE = "quarantine.csv"
@@ -88,6 +93,7 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     """Write a CSV so a crash leaves either the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             df.to_csv(fh, index=False, lineterminator="\n")
@@ -101,6 +107,7 @@ def write_json_atomic(obj: object, path: Path) -> None:
     """Write JSON atomically (see :func:`write_csv_atomic`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, ensure_ascii=False)

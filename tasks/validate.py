@@ -19,9 +19,14 @@ import pandas as pd
 
 from tasks.config import Params, Severity
 from tasks.dataset import (
+    LABELED_COLUMNS,
     QUARANTINE_COLUMNS,
     REQUIRED_COLUMNS,
+    LabeledPaths,
+    load_label_set,
     normalise,
+    read_table,
+    read_test,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -408,3 +413,43 @@ def write_outputs(result: ValidationResult, out_dir: Path) -> tuple[Path, Path]:
     ordered = [c for c in QUARANTINE_COLUMNS if c in result.quarantined.columns] + columns
     write_csv_atomic(result.quarantined[ordered], quarantine)
     return report, quarantine
+
+
+def validate_file(
+    path: Path,
+    params: Params,
+    *,
+    leakage: bool = True,
+    required: tuple[str, ...] = REQUIRED_COLUMNS,
+    out_dir: Path | None = None,
+) -> tuple[ValidationResult, Path]:
+    """Validate a CSV file and write its report, quarantine file and Data Docs.
+
+    Leakage is checked against the frozen test split unless ``leakage`` is off
+    (the test split itself is never checked against itself).
+    """
+    paths = LabeledPaths(params)
+    df = read_table(path, ())
+    same_as_test = paths.test.exists() and path.resolve() == paths.test.resolve()
+    test_texts = read_test(params)["text"] if leakage and not same_as_test else None
+    out_dir = out_dir or params.path(params.validation.report_dir) / path.stem
+    result = validate_frame(
+        df,
+        params,
+        load_label_set(params),
+        test_texts,
+        dataset=str(path),
+        required=required,
+        docs_dir=out_dir / "data_docs",
+    )
+    write_outputs(result, out_dir)
+    return result, out_dir
+
+
+def run_gate(params: Params) -> list[tuple[ValidationResult, Path]]:
+    """The pipeline's gate: validate the labeled data (with leakage) and the test split."""
+    paths = LabeledPaths(params)
+    return [
+        validate_file(paths.labeled, params, required=LABELED_COLUMNS),
+        validate_file(paths.test, params, leakage=False),
+    ]

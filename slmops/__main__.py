@@ -1,0 +1,5 @@
+"""``python -m slmops`` runs the CLI."""
+
+from slmops.cli import main
+
+main()

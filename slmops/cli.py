@@ -1,0 +1,254 @@
+"""``slmops``: the command line of the pipeline. Each command calls a step in ``tasks/``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Nothing reaches for the network by default (see DESIGN.md): set before the
+# libraries are imported.
+for _var, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ.setdefault(_var, _value)
+
+app = typer.Typer(
+    name="slmops",
+    help=(
+        "SLMOps: validate, label, fine-tune, evaluate, register, promote and serve a small "
+        "language model, and learn again from user feedback.\n\n"
+        "Every command reads params.yaml (--params to choose another)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="The labeled dataset and the frozen test split.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="Params file.", envvar="SLMOPS_PARAMS")
+]
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+    )
+    for noisy in ("great_expectations", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _params(path: Path):
+    from tasks.config import load_params
+
+    return load_params(path)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _print_result(result, out_dir: Path) -> None:
+    table = Table(title=f"{result.dataset}: {result.rows} rows", title_justify="left")
+    for col in ("check", "severity", "result", "rows", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in result.checks:
+        status = (
+            "[green]pass[/]" if c.success else ("[red]FAIL[/]" if c.blocking else "[yellow]warn[/]")
+        )
+        table.add_row(c.check, str(c.severity), status, str(c.unexpected_count or ""), c.message)
+    out.print(table)
+    verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
+    out.print(
+        f"{verdict}  report: {out_dir / 'report.json'}  data docs: "
+        f"{out_dir / 'data_docs' / 'index.html'}"
+    )
+    if len(result.quarantined):
+        where = out_dir / "quarantine.csv"
+        out.print(f"{len(result.quarantined)} row(s) quarantined with reasons: {where}")
+
+
+@app.command()
+def validate(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="CSV with text,label columns. Default: the labeled data and the test split."
+        ),
+    ] = None,
+    leakage: Annotated[
+        bool, typer.Option(help="Check for texts that also appear in the frozen test split.")
+    ] = True,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where to write report.json, quarantine.csv, data_docs/.")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the validation gate (Great Expectations) on a dataset.
+
+    Exits 1 when a check at error severity fails; every failing row is written
+    to quarantine.csv with the reason.
+    """
+    from tasks.validate import run_gate, validate_file
+
+    p = _params(params)
+    results = [validate_file(path, p, leakage=leakage, out_dir=report_dir)] if path else run_gate(p)
+    for result, out_dir in results:
+        _print_result(result, out_dir)
+    if not all(r.passed for r, _ in results):
+        raise typer.Exit(1)
+
+
+@app.command("import-labels")
+def import_labels_cmd(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Label Studio JSON / JSON-MIN export or CSV file(s).")
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="label_studio_json | label_studio_min | csv (default: detect)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Import labels into the labeled data and record a new DVC version.
+
+    Several annotators of one text vote (majority label, agreement score);
+    ties and low agreement are quarantined. A new label for a text already in
+    the data replaces the old one and is logged in corrections.csv.
+    """
+    from tasks.label_import import import_labels
+
+    p = _params(params)
+    for path in paths:
+        s = import_labels(path, p, fmt=fmt)
+        out.print(
+            f"{s.source} ({s.fmt}): {s.votes} vote(s) → [green]{s.added} added[/], "
+            f"{s.corrected} corrected, {s.unchanged} unchanged, "
+            f"[yellow]{s.quarantined} quarantined[/]"
+        )
+        if s.new_labels:
+            out.print(f"new classes: {', '.join(s.new_labels)}")
+        for line in s.problems:
+            out.print(f"  gate: {line}")
+        if s.version:
+            out.print(
+                f"new dataset version {s.version}; record it with:\n"
+                f"  git add {p.data.labeled_dir}.dvc && git commit -m 'labels: import {s.source}'"
+            )
+        elif not s.changed:
+            out.print("nothing new: the dataset version is unchanged")
+
+
+@data_app.command("init")
+def data_init(
+    rebuild: Annotated[
+        bool, typer.Option(help="Rebuild from the seed even if data is present.")
+    ] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Bring the labeled data and test split into the workspace.
+
+    Restores the version named in the .dvc files from the DVC cache or remote;
+    on a fresh clone it rebuilds them from the seed (reproducing the committed hashes).
+    """
+    from tasks.seed import init_data
+
+    try:
+        s = init_data(_params(params), rebuild=rebuild)
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+    out.print(
+        f"data {s.action}: {s.labeled_rows} labeled rows, {s.test_rows} test rows, "
+        f"{s.quarantined_rows} quarantined"
+    )
+
+
+@app.command()
+def split(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Write the stratified train/val split of the labeled data (dvc stage `split`)."""
+    from tasks.split import write_splits
+
+    s = write_splits(_params(params))
+    out.print(f"{s.train_rows} train rows → {s.train_path}; {s.val_rows} val rows → {s.val_path}")
+
+
+@app.command()
+def prepare(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Run the Prefect flow `prepare-data`: import pending exports → gate → split."""
+    from flows.prepare_data import prepare_data
+
+    try:
+        result = prepare_data(params_path=str(params))
+    except Exception as exc:
+        raise _fail(f"flow prepare-data failed: {exc}") from None
+    out.print(result)
+
+
+EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")
+
+
+@app.command()
+def demo(params: ParamsOpt = Path("params.yaml")) -> None:
+    """The main job on the shipped data: init data, queue the example export, run the pipeline."""
+    p = _params(params)
+    data_init(rebuild=False, params=params)
+    example = p.path(EXAMPLE_EXPORT)
+    done = p.path(p.data.imported_dir) / example.name
+    if example.exists() and not done.exists():
+        pending = p.path(p.data.pending_dir)
+        pending.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(example, pending / example.name)
+        out.print(f"queued the example Label Studio export: {pending / example.name}")
+    prepare(params=params)
+    out.print(
+        "\nNext: `git diff data/labeled.dvc` shows the new data version; "
+        f"reports are in {p.validation.report_dir}/."
+    )
+
+
+def main() -> None:
+    """Console-script entry point: known failures print one clear message, exit 1."""
+    from tasks.config import ConfigError
+    from tasks.errors import DataError
+    from tasks.versioning import DvcError
+
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, DataError, DvcError) as exc:
+        _fail(str(exc))
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted")
+        sys.exit(130)
