@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -69,6 +76,16 @@ class SeverityConfig(_Strict):
     near_duplicate: Severity = Severity.warn
     leakage: Severity = Severity.error
     min_examples_per_class: Severity = Severity.error
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False; the user meant the severity "off".
+        return "off" if value is False else value
+
+    def of(self, check: str) -> Severity:
+        """Severity of a check by its name (``schema`` included)."""
+        return getattr(self, "schema_" if check == "schema" else check)
 
 
 class ValidationConfig(_Strict):

@@ -143,7 +143,7 @@ def _context(docs_dir: Path | None):
     return ctx
 
 
-def _frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
+def _frame(df: pd.DataFrame, label_set: list[str], test_texts: pd.Series | None) -> pd.DataFrame:
     """The frame GX checks: the data plus derived columns (row number, normalised text)."""
     out = df.copy()
     out.insert(0, ROW, range(1, len(df) + 1))
@@ -160,7 +160,9 @@ def _frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
         label = out["label"]
         blank = label.isna() | label.astype(str).str.strip().eq("")
         out["label"] = label.where(~blank, None)
-        out["_label_count"] = out["label"].map(out["label"].value_counts()).fillna(0).astype(int)
+        # Per-row size of the row's class; unknown labels are label_in_set's business.
+        known = out["label"].where(out["label"].isin(label_set))
+        out["_label_count"] = known.map(known.value_counts()).astype("Int64")
     return out
 
 
@@ -215,9 +217,7 @@ def _expectations(
                 gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=label_set),
             ),
         ]
-    enabled = [
-        (c, e) for c, e in wanted if getattr(sev, "schema_" if c == "schema" else c) != "off"
-    ]
+    enabled = [(c, e) for c, e in wanted if sev.of(c) != Severity.off]
     for check, exp in enabled:
         exp.meta = {"check": check}
     return enabled
@@ -304,7 +304,7 @@ def validate_frame(
     of any severity are quarantined; ``ValidationResult.passed`` is False when
     a check at error severity failed.
     """
-    frame = _frame(df.reset_index(drop=True), test_texts)
+    frame = _frame(df.reset_index(drop=True), label_set, test_texts)
     expectations = _expectations(set(frame.columns), required, params, label_set)
     results = _run_checkpoint(frame, expectations, docs_dir)
 
@@ -313,7 +313,7 @@ def validate_frame(
     reasons: dict[int, list[tuple[str, str]]] = {}
     for res in results:
         check = res.expectation_config.meta["check"]
-        severity = Severity(getattr(sev, "schema_" if check == "schema" else check))
+        severity = sev.of(check)
         out = outcomes.setdefault(check, CheckOutcome(check, severity, True))
         out.expectations.append(f"{res.expectation_config.type}({_column(res)})")
         if res.exception_info and res.exception_info.get("raised_exception"):
@@ -396,12 +396,20 @@ def _sample(
     return [
         {
             "row": r,
-            "text": by_row.at[r, "text"] if "text" in by_row else None,
-            "label": by_row.at[r, "label"] if "label" in by_row else None,
+            "text": _value(by_row, r, "text"),
+            "label": _value(by_row, r, "label"),
             "reason": dict(reasons[r])[check],
         }
         for r in rows[:n]
     ]
+
+
+def _value(frame: pd.DataFrame, row: int, column: str) -> Any:
+    """A cell as JSON can hold it (missing → None)."""
+    if column not in frame:
+        return None
+    value = frame.at[row, column]
+    return None if pd.isna(value) else value
 
 
 def write_outputs(result: ValidationResult, out_dir: Path) -> tuple[Path, Path]:

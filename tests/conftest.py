@@ -1,0 +1,99 @@
+"""Shared fixtures: a tiny, self-contained project built from slices of the seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "data" / "seed" / "banking77"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Tests never reach for the network and never touch the user's Prefect home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+TINY_LABELS = [
+    "card_arrival",
+    "lost_or_stolen_card",
+    "exchange_rate",
+    "top_up_failed",
+    "balance_not_updated_after_bank_transfer",
+]
+
+
+def write_tiny_seed(root: Path, per_class_train: int = 14, per_class_test: int = 4) -> None:
+    """A 5-class slice of BANKING77 in the seed layout, with its own label set."""
+    seed = root / "data" / "seed" / "banking77"
+    seed.mkdir(parents=True)
+    for name, n in (("train", per_class_train), ("test", per_class_test)):
+        df = pd.read_csv(SEED / f"{name}.csv", dtype=str)
+        df = df[df["category"].isin(TINY_LABELS)].groupby("category").head(n)
+        df.to_csv(seed / f"{name}.csv", index=False)
+    (seed / "categories.json").write_text(json.dumps(TINY_LABELS))
+
+
+def write_params(root: Path, **overrides: dict) -> Path:
+    """params.yaml with the given top-level sections overridden (others default)."""
+    raw: dict = {"dvc": {"push": False}, "validation": {"min_examples_per_class": 3}}
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A project root with a tiny seed, built labeled data and test split (no DVC)."""
+    from tasks.config import load_params
+    from tasks.seed import build_from_seed
+
+    write_tiny_seed(tmp_path)
+    write_params(tmp_path)
+    build_from_seed(load_params(tmp_path / "params.yaml"))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_params(tiny_project: Path):
+    """Params of :func:`tiny_project`."""
+    from tasks.config import load_params
+
+    return load_params(tiny_project / "params.yaml")
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command, returning its output; the environment's bin dir leads PATH."""
+    bindir = str(Path(sys.executable).parent)
+    full_env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
+
+
+def dvc_project(root: Path) -> Path:
+    """Turn ``root`` into a git + DVC repository with a local remote, like the real one."""
+    for cmd in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(root / ".dvc-remote")],
+    ):
+        proc = run(cmd, root)
+        assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    """Copy a file from tests/fixtures into ``dest`` and return its new path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(FIXTURES / name, dest / Path(name).name))
