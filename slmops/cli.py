@@ -240,7 +240,8 @@ def main() -> None:
     from tasks.versioning import DvcError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
     except (ConfigError, DataError, DvcError) as exc:
         _fail(str(exc))
         sys.exit(1)
@@ -252,3 +253,5 @@ def main() -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         err.print("interrupted")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

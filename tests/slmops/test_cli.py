@@ -1,0 +1,91 @@
+import sys
+
+import pandas as pd
+import pytest
+
+from slmops.cli import main
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run `slmops <args>` in-process; return the exit code and all output."""
+    monkeypatch.setattr(sys, "argv", ["slmops", *args])
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps long messages otherwise
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_help_lists_the_commands(monkeypatch, capsys):
+    code, output = cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    for command in ("validate", "import-labels", "data", "split", "prepare", "demo"):
+        assert command in output
+
+
+def test_validate_passes_on_the_built_data(tiny_project, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_project)
+    code, output = cli(monkeypatch, capsys, "validate")
+    assert code == 0, output
+    assert output.count("PASSED") == 2
+
+
+def test_validate_names_each_problem_and_quarantines_rows(tiny_project, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_project)
+    labeled = pd.read_csv(tiny_project / "data/labeled/labeled.csv")[["text", "label"]]
+    test_text = pd.read_csv(tiny_project / "data/test/test.csv")["text"].iloc[0]
+    bad = pd.concat(
+        [
+            labeled,
+            pd.DataFrame(
+                {
+                    "text": [None, "Where can I find my card PIN?", labeled["text"][0], test_text],
+                    "label": ["card_arrival", "pin_queries", "card_arrival", "card_arrival"],
+                }
+            ),
+        ]
+    )
+    bad.to_csv(tiny_project / "bad.csv", index=False)
+
+    code, output = cli(monkeypatch, capsys, "validate", "bad.csv")
+    assert code == 1
+    for problem in ("text is empty", "'pin_queries' is not in the label set", "duplicate of row 1"):
+        assert problem in output
+    assert "also appears in the test split" in output
+    quarantine = pd.read_csv(tiny_project / "reports/validation/bad/quarantine.csv")
+    assert sorted(quarantine["check"]) == ["exact_duplicate", "label_in_set", "leakage", "not_null"]
+    assert (tiny_project / "reports/validation/bad/report.json").exists()
+
+
+def test_missing_file_is_a_clear_error(tiny_project, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_project)
+    code, output = cli(monkeypatch, capsys, "validate", "nope.csv")
+    assert code == 1
+    assert "nope.csv: file not found" in output
+
+
+def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_project)
+    (tiny_project / "params.yaml").write_text("split:\n  sed: 3\n")
+    code, output = cli(monkeypatch, capsys, "split")
+    assert code == 1
+    assert "params.yaml" in output and "split.sed: unknown key" in output
+
+
+@pytest.mark.parametrize("export", ["unknown.csv"])
+def test_import_with_unknown_labels_fails_and_changes_nothing(
+    tiny_project, monkeypatch, capsys, export
+):
+    monkeypatch.chdir(tiny_project)
+    pd.DataFrame(
+        {"text": ["how do I freeze my card", "is there an app"], "label": ["freeze", "app"]}
+    ).to_csv(tiny_project / export, index=False)
+    before = (tiny_project / "data/labeled/labeled.csv").read_bytes()
+    code, output = cli(monkeypatch, capsys, "import-labels", export)
+    assert code == 1
+    assert "2 label(s) not in the label set: 'app'" in output
+    assert "'freeze'" in output and "labels.allow_new" in output
+    assert (tiny_project / "data/labeled/labeled.csv").read_bytes() == before
