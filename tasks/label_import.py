@@ -126,10 +126,16 @@ def import_labels(
         "batch_id": batch,
         "imported_at": stamp,
     }
-    incoming = resolved.assign(**provenance).reindex(columns=LABELED_COLUMNS)
+    # The labeled data is all text on disk; numbers are written as read back.
+    incoming = resolved.assign(
+        annotator_count=resolved["annotator_count"].astype(str),
+        agreement=resolved["agreement"].map("{:g}".format),
+        **provenance,
+    ).reindex(columns=LABELED_COLUMNS)
 
     existing = read_labeled(params)
     merged, corrections, unchanged = _merge(existing, incoming, stamp)
+    fresh = set(merged["text"].iloc[len(existing) :])
 
     result = validate_frame(
         merged,
@@ -156,13 +162,12 @@ def import_labels(
         ignore_index=True,
     ).assign(quarantined_at=stamp)
 
-    added = int(clean["batch_id"].eq(batch).sum()) - len(corrections)
     summary = ImportSummary(
         source=source,
         fmt=table.fmt,
         batch_id=batch,
         votes=len(table.votes),
-        added=max(added, 0),
+        added=int(clean["text"].isin(fresh).sum()),
         corrected=len(corrections),
         unchanged=unchanged,
         quarantined=len(set_aside),
@@ -229,7 +234,7 @@ def _merge(
 IMPORT_SUFFIXES = (".json", ".csv", ".tsv")
 
 
-def import_pending(params: Params) -> list[ImportSummary]:
+def import_pending(params: Params, *, version: bool = True) -> list[ImportSummary]:
     """Import every export waiting in ``data/imports/pending``, oldest name first.
 
     Each imported file moves to ``data/imports/done``. A file that is rejected
@@ -242,7 +247,7 @@ def import_pending(params: Params) -> list[ImportSummary]:
     summaries, errors = [], []
     for f in files:
         try:
-            summaries.append(import_labels(f, params))
+            summaries.append(import_labels(f, params, version=version))
         except DataError as exc:
             errors.append(str(exc))
             continue
