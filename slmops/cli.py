@@ -58,7 +58,7 @@ def _setup(
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=False)],
     )
-    for noisy in ("great_expectations", "filelock", "urllib3"):
+    for noisy in ("great_expectations", "filelock", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -208,7 +208,12 @@ def prepare(params: ParamsOpt = Path("params.yaml")) -> None:
         result = prepare_data(params_path=str(params))
     except Exception as exc:
         raise _fail(f"flow prepare-data failed: {exc}") from None
-    out.print(result)
+    out.print(
+        f"prepare-data: imported {len(result['imported'])} export(s); gate passed; "
+        f"split {result['train_rows']} train / {result['val_rows']} val rows"
+    )
+    for report in result["reports"]:
+        out.print(f"  report: {report}")
 
 
 EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")

@@ -98,6 +98,7 @@ def import_labels(
     fmt: str | None = None,
     now: datetime | None = None,
     version: bool = True,
+    source: str | None = None,
 ) -> ImportSummary:
     """Import a Label Studio export (full JSON or JSON-MIN) or a CSV of labels.
 
@@ -105,12 +106,13 @@ def import_labels(
     agreement score; ties and low agreement are quarantined. A label for a
     text already in the data (same text after normalising case and
     whitespace) replaces the old one and is recorded in ``corrections.csv``.
-    With ``version`` the result is recorded as a new DVC version.
+    With ``version`` the result is recorded as a new DVC version; ``source``
+    overrides the file name recorded as provenance.
     """
     path = Path(path)
     now = now or datetime.now(UTC)
     stamp = now.isoformat(timespec="seconds")
-    source = _display(path, params.root)
+    source = source or _display(path, params.root)
     paths = LabeledPaths(params)
 
     table = read_votes(path, params.label_import, fmt)
@@ -247,7 +249,9 @@ def import_pending(params: Params, *, version: bool = True) -> list[ImportSummar
     summaries, errors = [], []
     for f in files:
         try:
-            summaries.append(import_labels(f, params, version=version))
+            # Provenance names the file where it will stay, in done/.
+            where = _display(done / f.name, params.root)
+            summaries.append(import_labels(f, params, version=version, source=where))
         except DataError as exc:
             errors.append(str(exc))
             continue

@@ -30,7 +30,7 @@ def test_flow_imports_pending_exports_validates_and_splits(tiny_project, monkeyp
     monkeypatch.chdir(tiny_project)
     result = prepare_data(params_path=str(tiny_project / "params.yaml"))
 
-    assert result["imported"] == ["data/imports/pending/export_full.json"]
+    assert result["imported"] == ["data/imports/done/export_full.json"]
     assert not list(pending.glob("*.json"))  # moved to done/
     assert (params.path(params.data.imported_dir) / "export_full.json").exists()
     after = pd.read_csv(LabeledPaths(params).labeled)
