@@ -18,8 +18,8 @@ import_pending_task = task(import_pending, name="import-pending-labels")
 split_task = task(write_splits, name="split")
 
 
-@task(name="validation-gate")
-def gate_task(params):
+@task(name="validate-data")
+def validate_task(params):
     """Validate labeled data and test split; fail the flow at error severity."""
     logger = get_run_logger()
     results = run_gate(params)
@@ -57,7 +57,7 @@ def prepare_data(params_path: str = "params.yaml") -> dict:
             s.quarantined,
             s.version,
         )
-    reports = gate_task(params)
+    reports = validate_task(params)
     split = split_task(params)
     logger.info("split: %d train / %d val rows", split.train_rows, split.val_rows)
     return {

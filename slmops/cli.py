@@ -216,12 +216,171 @@ def prepare(params: ParamsOpt = Path("params.yaml")) -> None:
         out.print(f"  report: {report}")
 
 
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="Apply profiles.<name> from the params file.")
+]
+
+
+def _params_profile(path: Path, profile: str | None):
+    from tasks.config import load_params
+
+    return load_params(path, profile)
+
+
+@app.command()
+def train(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Fine-tune the base model on the train split (dvc stage `train`).
+
+    Resumes from the last epoch checkpoint when a run with the same data and
+    settings was interrupted.
+    """
+    from tasks.challenger import train_challenger
+
+    r = train_challenger(_params_profile(params, profile))
+    best = r.history[r.best_epoch - 1]
+    out.print(
+        f"trained {r.epochs_run} epoch(s) on {r.train_examples} examples in {r.seconds:.0f} s "
+        f"({r.device}, {r.precision}); best epoch {r.best_epoch}: "
+        f"val accuracy {best['val_accuracy']:.4f}, macro-F1 {best['val_macro_f1']:.4f}"
+    )
+    out.print(f"model: {r.model_dir}")
+
+
+@app.command()
+def evaluate(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Evaluate the trained model on the frozen test split (dvc stage `evaluate`)."""
+    from tasks.challenger import evaluate_challenger
+
+    r = evaluate_challenger(_params_profile(params, profile))
+    table = Table(title=f"test metrics ({r.out_dir})", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in r.metrics.items():
+        table.add_row(k, f"{v}")
+    out.print(table)
+
+
+@app.command()
+def register(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Log the trained and evaluated model to MLflow and register a new version."""
+    from tasks.challenger import register_challenger
+
+    p = _params_profile(params, profile)
+    r = register_challenger(p)
+    out.print(f"registered {p.registry.model_name} version {r.version} (run {r.run_id})")
+    out.print(f"gate it with: slmops promote --version {r.version}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option("--version", help="Model version to promote.")],
+    force: Annotated[
+        bool, typer.Option(help="Promote even when the gate refuses (recorded in the ledger).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Gate a version against the champion and make it the champion if it passes."""
+    from tasks.promotion import apply
+
+    decision, promoted = apply(_params(params), version, force=force, action="manual", note=reason)
+    for check in decision.checks:
+        mark = "[green]pass[/]" if check["passed"] else "[red]fail[/]"
+        out.print(f"  {mark} {check['rule']}: {check.get('detail', '')}")
+    out.print(
+        ("[green]champion is now version " + version + "[/]")
+        if promoted
+        else f"[red]{decision.summary}[/]"
+    )
+    if not promoted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Move the champion alias back to the previous champion (recorded in the ledger)."""
+    from tasks.promotion import rollback as do_rollback
+
+    entry = do_rollback(_params(params), reason=reason)
+    out.print(f"champion: version {entry['champion_before']} → {entry['champion_after']}")
+
+
+@app.command()
+def models(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Compare registered versions: test metrics, data versions, gate outcome, aliases."""
+    from tasks.promotion import versions_table
+
+    p = _params(params)
+    df = versions_table(p)
+    if df.empty:
+        out.print(f"no versions of {p.registry.model_name} registered yet")
+        return
+    table = Table(title=p.registry.model_name, title_justify="left")
+    columns = [
+        "version",
+        "aliases",
+        "accuracy",
+        "macro_f1",
+        "labeled_data",
+        "test_data",
+        "gate",
+        "created",
+    ]
+    for col in columns:
+        table.add_column(col)
+    for row in df[columns].itertuples(index=False):
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+
+
+@app.command()
+def retrain(
+    profile: ProfileOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    data_fraction: Annotated[
+        float | None, typer.Option(help="Override train.data_fraction (quick runs).")
+    ] = None,
+    base_model: Annotated[str | None, typer.Option(help="Override train.base_model.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the Prefect flow `retrain`: labels → validate → train → evaluate → register → gate."""
+    from flows.retrain import retrain as retrain_flow
+
+    try:
+        r = retrain_flow(
+            params_path=str(params),
+            profile=profile,
+            epochs=epochs,
+            data_fraction=data_fraction,
+            base_model=base_model,
+            trigger="cli",
+        )
+    except Exception as exc:
+        raise _fail(f"flow retrain failed: {exc}") from None
+    verdict = "[green]promoted to champion[/]" if r["promoted"] else "[yellow]refused[/]"
+    out.print(
+        f"{r['model']} version {r['version']}: accuracy {r['metrics']['accuracy']:.4f}, "
+        f"macro-F1 {r['metrics']['macro_f1']:.4f}; {verdict}: {r['decision']}"
+    )
+
+
 EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")
 
 
 @app.command()
-def demo(params: ParamsOpt = Path("params.yaml")) -> None:
-    """The main job on the shipped data: init data, queue the example export, run the pipeline."""
+def demo(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """The main job on the shipped data: the whole retrain loop, once.
+
+    Brings the data into place, queues the example Label Studio export, and
+    runs the Prefect flow `retrain` (import → validate → split → train →
+    evaluate → register → promotion gate).
+    """
     p = _params(params)
     data_init(rebuild=False, params=params)
     example = p.path(EXAMPLE_EXPORT)
@@ -231,10 +390,11 @@ def demo(params: ParamsOpt = Path("params.yaml")) -> None:
         pending.mkdir(parents=True, exist_ok=True)
         shutil.copy2(example, pending / example.name)
         out.print(f"queued the example Label Studio export: {pending / example.name}")
-    prepare(params=params)
+    retrain(profile=profile, epochs=None, data_fraction=None, base_model=None, params=params)
     out.print(
-        "\nNext: `git diff data/labeled.dvc` shows the new data version; "
-        f"reports are in {p.validation.report_dir}/."
+        "\nNext: `slmops models` compares the registered versions; "
+        "`git diff data/labeled.dvc` shows the new data version; "
+        f"`dvc metrics show` the test metrics; reports are in {p.evaluate.output_dir}/."
     )
 
 

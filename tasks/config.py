@@ -253,6 +253,10 @@ class Params(_Strict):
     evaluate: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named sets of overrides, e.g. `full` for the longest training.",
+    )
 
     # Directory of the params file; relative paths are resolved against it.
     root: Path = Field(default=Path("."), exclude=True)
@@ -291,8 +295,29 @@ def parse_params(raw: Any, source: Path, root: Path | None = None) -> Params:
     return params.model_copy(update={"root": root if root is not None else source.parent})
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate a params file; raise :class:`ConfigError` naming file and key."""
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
+    """A copy of ``params`` with nested ``overrides`` applied and validated like the file."""
+    if not overrides:
+        return params
+    raw = params.model_dump(by_alias=True, mode="json")
+    return parse_params(_merge(raw, overrides), Path(source), root=params.root)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> Params:
+    """Read and validate a params file; raise :class:`ConfigError` naming file and key.
+
+    ``profile`` applies the overrides under ``profiles.<name>`` in the same file.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -307,4 +332,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}:{where} malformed YAML: {problem}") from None
-    return parse_params(raw, path, root=path.resolve().parent)
+    params = parse_params(raw, path, root=path.resolve().parent)
+    if profile is None:
+        return params
+    if profile not in params.profiles:
+        known = ", ".join(params.profiles) or "none defined"
+        raise ConfigError(f"{path}: profiles.{profile}: no such profile ({known})")
+    return with_overrides(params, params.profiles[profile], f"{path} (profiles.{profile})")

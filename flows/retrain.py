@@ -1,0 +1,138 @@
+"""Prefect flow ``retrain``: the whole loop from labeled data to a (maybe) new champion.
+
+import pending labels → validate → split → train → evaluate → register →
+promotion gate. Parameters show in the Prefect UI; retries happen only on
+transient failures (connection errors, a locked database), never on bad data
+or a failed training run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.prepare_data import import_pending_task, split_task, validate_task
+from tasks.challenger import (
+    data_versions,
+    evaluate_challenger,
+    register_challenger,
+    train_challenger,
+)
+from tasks.config import load_params, with_overrides
+from tasks.promotion import apply
+from tasks.tracking import tracking_uri
+
+TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only errors that a second attempt can fix."""
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception as exc:
+        text = str(exc).lower()
+        return any(s in text for s in ("database is locked", "connection refused", "timed out"))
+    return False
+
+
+train_task = task(train_challenger, name="train")
+evaluate_task = task(evaluate_challenger, name="evaluate")
+register_task = task(
+    register_challenger,
+    name="register",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_transient,
+)
+promote_task = task(
+    apply, name="promotion-gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
+)
+
+
+def _summary(result: dict[str, Any]) -> str:
+    m = result["metrics"]
+    verdict = "promoted to champion" if result["promoted"] else "refused"
+    lines = [
+        f"# Retrain: {result['model']} version {result['version']}",
+        "",
+        f"**Gate: {verdict}** — {result['decision']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in m.items()),
+        "",
+        f"- Training: {result['epochs_run']} epoch(s), best epoch {result['best_epoch']}, "
+        f"{result['train_examples']} examples, "
+        f"{result['train_seconds']:.0f} s on {result['device']}",
+        f"- Data: labeled `{result['data']['labeled']}`, test `{result['data']['test']}`",
+        f"- Imported label files: {', '.join(result['imported']) or 'none'}",
+        f"- MLflow: run `{result['run_id']}` in {result['tracking_uri']} "
+        f"(`mlflow ui --backend-store-uri {result['tracking_uri']}` → Models → {result['model']})",
+    ]
+    return "\n".join(lines)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    base_model: str | None = None,
+    epochs: int | None = None,
+    data_fraction: float | None = None,
+    gate_rules: dict[str, Any] | None = None,
+    trigger: str = "manual",
+) -> dict[str, Any]:
+    """Import labels, validate, train, evaluate, register, and promote if the gate agrees.
+
+    ``base_model``, ``epochs`` and ``data_fraction`` override ``train.*``;
+    ``gate_rules`` overrides keys of ``gate.*`` (e.g. ``{"min_macro_f1_gain": 0.01}``).
+    """
+    logger = get_run_logger()
+    params = load_params(params_path, profile)
+    train_over = {
+        k: v
+        for k, v in {
+            "base_model": base_model,
+            "epochs": epochs,
+            "data_fraction": data_fraction,
+        }.items()
+        if v is not None
+    }
+    params = with_overrides(
+        params, {"train": train_over, "gate": gate_rules or {}}, "flow parameters"
+    )
+
+    imports = import_pending_task(params)
+    validate_task(params)
+    split_task(params)
+    trained = train_task(params, progress=False)
+    evaluated = evaluate_task(params)
+    registered = register_task(params, trigger=f"flow:{trigger}")
+    decision, promoted = promote_task(params, registered.version, who=f"prefect:retrain:{trigger}")
+
+    result = {
+        "model": params.registry.model_name,
+        "version": registered.version,
+        "run_id": registered.run_id,
+        "promoted": promoted,
+        "decision": decision.summary,
+        "metrics": evaluated.metrics,
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "train_examples": trained.train_examples,
+        "train_seconds": trained.seconds,
+        "device": trained.device,
+        "data": data_versions(params),
+        "imported": [s.source for s in imports],
+        "tracking_uri": tracking_uri(params),
+    }
+    create_markdown_artifact(
+        markdown=_summary(result), key="retrain-summary", description="Retrain run summary"
+    )
+    logger.info(decision.summary)
+    return result

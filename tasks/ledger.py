@@ -1,0 +1,43 @@
+"""The promotion ledger: every gate decision, promotion and rollback, append-only.
+
+MLflow keeps no history of alias moves; this JSON-lines file does. One entry
+per line, flushed and fsynced before the call returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def append(path: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one entry (a ``time`` field is added when missing) and return it."""
+    entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **entry}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(entry, ensure_ascii=False, sort_keys=False, default=str)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return entry
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """All entries, oldest first; a torn last line (crash mid-write) is skipped."""
+    if not path.exists():
+        return []
+    entries = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue  # only the last line can be torn
+            raise ValueError(f"{path}: line {i + 1}: not valid JSON") from None
+    return entries
