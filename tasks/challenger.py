@@ -70,6 +70,8 @@ def train_challenger(
         on_epoch=on_epoch,
         progress=progress,
     )
+    if result.rank != 0:
+        return result  # one of several training processes: rank 0 writes the record
     write_json_atomic(
         {
             "history": result.history,
@@ -158,7 +160,9 @@ def register_challenger(
             mlflow.log_metrics(
                 {k: float(v) for k, v in row.items() if k != "epoch" and v is not None}, step=epoch
             )
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
+        mlflow.log_metrics(
+            {(k if k.startswith("test_") else f"test_{k}"): float(v) for k, v in metrics.items()}
+        )
         mlflow.log_metrics({"train_seconds": float(training["seconds"])})
         log_dataset(
             train,

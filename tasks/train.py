@@ -18,12 +18,19 @@ Each folder is written to a temporary sibling and renamed into place, so a kill
 never leaves a half-written checkpoint. A run whose fingerprint matches
 ``last/`` resumes after its epoch; any other run starts fresh and replaces it.
 
-Multi-GPU: this loop trains on one device (one GPU, or the CPU). Launched with
-``torchrun``/``accelerate launch`` on several processes it refuses to start
-rather than run N copies that overwrite each other's files. Data-parallel
-training would wrap model, optimizer and batches with ``accelerate.Accelerator``
-(``prepare``, ``backward``, ``is_main_process`` around checkpoint and model
-writes); until that is needed, one GPU trains MiniLM on BANKING77 in minutes.
+Several GPUs (or processes): launch the same command with ``torchrun`` or
+``accelerate launch``, no code change::
+
+    torchrun --nproc_per_node 4 -m slmops train
+    accelerate launch --num_processes 4 -m slmops train
+
+Each process trains on its share of every epoch's batches (the same
+length-bucketed order on every rank, dealt out round-robin) under
+``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs), so the effective
+batch is ``batch_size x processes``. Every rank scores the whole validation set,
+so they all take the same early-stopping decision; rank 0 alone writes
+checkpoints and the model. Several nodes need ``checkpoint_dir`` and
+``output_dir`` on a filesystem they share.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tasks.config import TrainConfig
+from tasks.distributed import Dist
 from tasks.errors import DataError
 from tasks.inference import (
     LABELS_FILE,
@@ -102,6 +110,7 @@ class TrainResult:
     train_examples: int
     seconds: float
     params: dict = field(default_factory=dict)
+    rank: int = 0  # this process's rank when several train together (rank 0 wrote the files)
 
 
 # --------------------------------------------------------------------------- data
@@ -362,21 +371,22 @@ def train_model(
 
     ``on_epoch`` receives each epoch's metrics once its checkpoint is written.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RuntimeError(
-            "train_model trains on one device; launch it as one process (see tasks/train.py)"
-        )
     output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
     _check_frames(train, val, labels)
     device = pick_device(cfg.device)
     amp = autocast_dtype(device, cfg.precision)  # fp16 on a CPU fails here, before any work
     threads_before = torch.get_num_threads()
+    dist = Dist.from_env(device)
+    if dist.world > 1:
+        device = dist.device(device)
     try:
         return _train(
-            train, val, labels, cfg, output_dir, checkpoint_dir, device, amp, on_epoch, progress
-        )
+            train, val, labels, cfg, output_dir, checkpoint_dir, device, amp, on_epoch,
+            progress and dist.main, dist,
+        )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
+        dist.close()
 
 
 def _train(
@@ -390,6 +400,7 @@ def _train(
     amp: torch.dtype | None,
     on_epoch: Callable[[dict], None] | None,
     progress: bool,
+    dist: Dist,
 ) -> TrainResult:
     from transformers import (
         AutoModelForSequenceClassification,
@@ -399,7 +410,7 @@ def _train(
     )
 
     started = time.perf_counter()
-    threads = cfg.num_threads or os.cpu_count() or 1
+    threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // dist.world)
     if device.type == "cpu":
         torch.set_num_threads(threads)
     else:
@@ -409,6 +420,7 @@ def _train(
 
     # ---- data
     fp = fingerprint(train, val, labels, cfg)
+    fp["world_size"] = dist.world  # the effective batch, hence the weights, depend on it
     train = stratified_fraction(train, cfg.data_fraction, cfg.seed)
     label_index = {label: i for i, label in enumerate(labels)}
     y_train = train["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
@@ -430,7 +442,11 @@ def _train(
                 "unreadable fingerprint"
                 if not isinstance(saved_fp, dict)
                 else ", ".join(
-                    [k for k in ("train", "val", "labels") if saved_fp.get(k) != fp[k]]
+                    [
+                        k
+                        for k in ("train", "val", "labels", "world_size")
+                        if saved_fp.get(k, 1 if k == "world_size" else None) != fp[k]
+                    ]
                     + [
                         f"config.{k}"
                         for k in FINGERPRINT_FIELDS
@@ -443,8 +459,9 @@ def _train(
                 resume_from,
                 changed,
             )
-    if trainer is None:
+    if trainer is None and dist.main:
         _clear_checkpoints(checkpoint_dir)  # nothing stale (a last/ or best/ of another run)
+    dist.barrier()
 
     set_seed(cfg.seed)
     base = resolve_base_model(cfg.base_model)
@@ -463,6 +480,7 @@ def _train(
                 dtype=torch.float32,
             )
     model.to(device)
+    forward = dist.wrap(model)  # the model itself on one process, DDP on several
     pad_id = tokenizer.pad_token_id or 0
 
     def encode(df: pd.DataFrame):
@@ -474,7 +492,7 @@ def _train(
     enc_train, enc_val = encode(train), encode(val)
     lengths = np.array([len(x) for x in enc_train["input_ids"]])
 
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / dist.world)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_ratio * total_steps)
     optimizer = torch.optim.AdamW(
@@ -510,10 +528,11 @@ def _train(
         "total_steps": total_steps,
         "warmup_steps": warmup_steps,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": dist.world,
     }
     log.info(
         "training on %s, precision %s%s: %d train / %d val examples, %d labels, "
-        "%d epochs x %d steps (batch %d, %d warm-up steps)",
+        "%d epochs x %d steps (batch %d, %d warm-up steps)%s",
         device,
         precision,
         f", {threads} threads" if device.type == "cpu" else "",
@@ -524,6 +543,7 @@ def _train(
         steps_per_epoch,
         cfg.batch_size,
         warmup_steps,
+        f", {dist.world} processes" if dist.world > 1 else "",
     )
 
     def stop_early() -> bool:
@@ -534,8 +554,8 @@ def _train(
         if stop_early():
             break
         fit = _train_epoch(
-            model, optimizer, scheduler, scaler, enc_train, y_train, lengths, cfg, epoch,
-            device, amp, pad_id, progress,
+            forward, optimizer, scheduler, scaler, enc_train, y_train, lengths, cfg, epoch,
+            device, amp, pad_id, progress, dist,
         )  # fmt: skip
         eval_start = time.perf_counter()
         metrics: dict[str, float | None] = dict.fromkeys(
@@ -554,8 +574,13 @@ def _train(
         }
         history.append(row)
         score = row["val_macro_f1"] if row["val_macro_f1"] is not None else -row["train_loss"]
-        if score > best_score:
+        improved = score > best_score
+        if improved:
             best_score, best_epoch = score, epoch
+        if not dist.main:
+            dist.barrier()  # rank 0 is writing the checkpoints
+            continue
+        if improved:
             _save_weights(
                 model, checkpoint_dir / BEST, {BEST_FILE: {"epoch": epoch, "score": score}}
             )
@@ -594,6 +619,7 @@ def _train(
         )
         if on_epoch is not None:
             on_epoch(dict(row))
+        dist.barrier()
     epochs_run = history[-1]["epoch"] if history else 0
     if epochs_run < cfg.epochs:
         log.info(
@@ -604,18 +630,20 @@ def _train(
         )
 
     # ---- the best weights, the tokenizer and the labels, all at once
-    tmp = _temp_dir(output_dir)
-    try:
-        for item in (checkpoint_dir / BEST).iterdir():
-            if item.is_file() and item.name != BEST_FILE:
-                shutil.copy2(item, tmp / item.name)
-        tokenizer.save_pretrained(tmp)
-        _write_json(list(labels), tmp / LABELS_FILE)
-        _replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _clear_checkpoints(checkpoint_dir)
+    if dist.main:
+        tmp = _temp_dir(output_dir)
+        try:
+            for item in (checkpoint_dir / BEST).iterdir():
+                if item.is_file() and item.name != BEST_FILE:
+                    shutil.copy2(item, tmp / item.name)
+            tokenizer.save_pretrained(tmp)
+            _write_json(list(labels), tmp / LABELS_FILE)
+            _replace_dir(tmp, output_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _clear_checkpoints(checkpoint_dir)
+    dist.barrier()
     seconds = time.perf_counter() - started
     log.info("best epoch %d (macro-F1 %.4f) written to %s", best_epoch, best_score, output_dir)
     return TrainResult(
@@ -629,6 +657,7 @@ def _train(
         train_examples=len(train),
         seconds=seconds,
         params=params,
+        rank=dist.rank,
     )
 
 
@@ -650,12 +679,18 @@ def _train_epoch(
     amp: torch.dtype | None,
     pad_id: int,
     progress: bool,
+    dist: Dist,
 ) -> dict[str, Any]:
-    """One pass over the training data; returns the epoch's training metrics."""
+    """One pass over the training data; returns the epoch's training metrics.
+
+    With several processes each takes its share of the batches and the
+    returned figures are totals over all of them.
+    """
     model.train()
-    # The batch order depends only on (seed, epoch): a resumed run sees the same batches.
+    # The batch order depends only on (seed, epoch): a resumed run sees the same
+    # batches, and every rank computes the same order before taking its share.
     rng = np.random.default_rng([cfg.seed, epoch])
-    batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches, rng)
+    batches = dist.share(length_bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches, rng))
     loss_sum = torch.zeros((), device=device)
     seen = tokens = 0
     lr = optimizer.param_groups[0]["lr"]
@@ -698,9 +733,10 @@ def _train_epoch(
                 )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    loss_total, seen, tokens = dist.sum(loss_sum.item(), seen, tokens)
     seconds = time.perf_counter() - start
     return {
-        "train_loss": loss_sum.item() / max(seen, 1),
+        "train_loss": loss_total / max(seen, 1),
         "examples_per_s": round(seen / seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1),
         "seconds": seconds,
