@@ -11,6 +11,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -311,6 +312,8 @@ def rollback(
 @app.command()
 def models(params: ParamsOpt = Path("params.yaml")) -> None:
     """Compare registered versions: test metrics, data versions, gate outcome, aliases."""
+    import pandas as pd
+
     from tasks.promotion import versions_table
 
     p = _params(params)
@@ -318,22 +321,30 @@ def models(params: ParamsOpt = Path("params.yaml")) -> None:
     if df.empty:
         out.print(f"no versions of {p.registry.model_name} registered yet")
         return
-    table = Table(title=p.registry.model_name, title_justify="left")
-    columns = [
-        "version",
-        "aliases",
-        "accuracy",
-        "macro_f1",
-        "labeled_data",
-        "test_data",
-        "gate",
-        "created",
-    ]
-    for col in columns:
-        table.add_column(col)
-    for row in df[columns].itertuples(index=False):
-        table.add_row(*("" if v is None else str(v) for v in row))
-    out.print(table)
+    columns = {
+        "version": "version",
+        "aliases": "aliases",
+        "accuracy": "accuracy",
+        "macro_f1": "macro-F1",
+        "labeled_data": "labeled data",
+        "test_data": "test data",
+        "gate": "gate",
+        "created": "created (UTC)",
+    }
+    table = Table(title=p.registry.model_name, title_justify="left", box=box.SIMPLE_HEAD)
+    for col, header in columns.items():
+        numeric = col in ("version", "accuracy", "macro_f1")
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=True)
+    for row in df[list(columns)].itertuples(index=False):
+        cells = row._asdict()
+        for metric in ("accuracy", "macro_f1"):
+            value = cells[metric]
+            cells[metric] = "" if value is None or pd.isna(value) else f"{value:.4f}"
+        cells["labeled_data"] = cells["labeled_data"][:8]
+        cells["test_data"] = cells["test_data"][:8]
+        table.add_row(*(str(v) for v in cells.values()))
+    # Piped output gets rich's 80-column default, too narrow for this table.
+    (out if out.is_terminal else Console(width=120)).print(table)
 
 
 @app.command()
@@ -360,11 +371,12 @@ def retrain(
         )
     except Exception as exc:
         raise _fail(f"flow retrain failed: {exc}") from None
-    verdict = "[green]promoted to champion[/]" if r["promoted"] else "[yellow]refused[/]"
+    verdict = "[green]promoted to champion[/]" if r["promoted"] else "[yellow]not promoted[/]"
     out.print(
         f"{r['model']} version {r['version']}: accuracy {r['metrics']['accuracy']:.4f}, "
-        f"macro-F1 {r['metrics']['macro_f1']:.4f}; {verdict}: {r['decision']}"
+        f"macro-F1 {r['metrics']['macro_f1']:.4f}; {verdict}"
     )
+    out.print(f"gate: {r['decision']}")
 
 
 EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")
@@ -401,13 +413,13 @@ def demo(
 def main() -> None:
     """Console-script entry point: known failures print one clear message, exit 1."""
     from tasks.config import ConfigError
-    from tasks.errors import DataError
+    from tasks.errors import DataError, PromotionError
     from tasks.versioning import DvcError
 
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)
-    except (ConfigError, DataError, DvcError) as exc:
+    except (ConfigError, DataError, DvcError, PromotionError) as exc:
         _fail(str(exc))
         sys.exit(1)
     except click.exceptions.Exit as exc:

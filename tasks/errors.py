@@ -8,3 +8,10 @@ class DataError(ValueError):
 
     Raised before anything is written, so a rejected input changes nothing.
     """
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback cannot be carried out (the message says why).
+
+    Raised before an alias moves or the ledger is written.
+    """

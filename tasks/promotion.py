@@ -18,6 +18,7 @@ import pandas as pd
 
 from tasks import ledger
 from tasks.config import GateConfig, Params
+from tasks.errors import PromotionError
 from tasks.evaluate import PREDICTIONS_FILE, REPORT_FILE
 from tasks.gate import GateDecision, decide
 from tasks.tracking import actor, configure
@@ -30,10 +31,6 @@ EVAL_ARTIFACTS = "eval"  # run artifact folder holding the evaluation files
 TAG_TEST_HASH = "data.test_hash"
 TAG_DECISION = "gate.decision"
 TAG_SUMMARY = "gate.summary"
-
-
-class PromotionError(RuntimeError):
-    """A promotion or rollback cannot be carried out (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +65,14 @@ def alias_version(mlflow_client, name: str, alias: str) -> str | None:
 def load_evaluated(mlflow_client, name: str, version: str) -> Evaluated:
     """Fetch a version's test-split evaluation from its run's artifacts."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    mv = mlflow_client.get_model_version(name, version)
+    try:
+        mv = mlflow_client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(
+            f"{name} has no version {version!r} (`slmops models` lists them)"
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             folder = Path(

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ def configure(params: Params) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
+    # Artifact downloads are a few small files; their bars only clutter the logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))
     mlflow.set_tracking_uri(tracking_uri(params))
     if not from_env:
@@ -105,9 +108,12 @@ def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, contex
     """Record a dataset as a run input (lineage in the MLflow UI), named by its DVC hash."""
     import mlflow
 
-    dataset = mlflow.data.from_pandas(
-        df[["text", "label"]], source=source, targets="label", name=name, digest=digest[:36]
-    )
+    with warnings.catch_warnings():
+        # MLflow finds two equal "local artifact" readings of a path and warns.
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        dataset = mlflow.data.from_pandas(
+            df[["text", "label"]], source=source, targets="label", name=name, digest=digest[:36]
+        )
     mlflow.log_input(dataset, context=context)
 
 

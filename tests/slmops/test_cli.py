@@ -22,7 +22,10 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 def test_help_lists_the_commands(monkeypatch, capsys):
     code, output = cli(monkeypatch, capsys, "--help")
     assert code == 0
-    for command in ("validate", "import-labels", "data", "split", "prepare", "demo"):
+    for command in (
+        *("validate", "import-labels", "data", "split", "prepare", "demo", "train"),
+        *("evaluate", "register", "promote", "rollback", "models", "retrain"),
+    ):
         assert command in output
 
 
@@ -89,3 +92,21 @@ def test_import_with_unknown_labels_fails_and_changes_nothing(
     assert "2 label(s) not in the label set: 'app'" in output
     assert "'freeze'" in output and "labels.allow_new" in output
     assert (tiny_project / "data/labeled/labeled.csv").read_bytes() == before
+
+
+def test_registry_commands_on_an_empty_registry_fail_clearly(tiny_project, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, output = cli(monkeypatch, capsys, "models")
+    assert code == 0 and "no versions of slmops-intent registered yet" in output
+    code, output = cli(monkeypatch, capsys, "rollback")
+    assert code == 1 and "nothing to roll back to" in output
+    code, output = cli(monkeypatch, capsys, "promote", "--version", "7")
+    assert code == 1 and "slmops-intent has no version '7'" in output
+    assert not (tiny_project / "mlflow" / "promotions.jsonl").exists()  # nothing recorded
+
+
+def test_train_without_a_split_says_what_to_run(tiny_project, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_project)
+    code, output = cli(monkeypatch, capsys, "train")
+    assert code == 1 and "run `slmops split`" in output
