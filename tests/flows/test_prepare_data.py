@@ -2,18 +2,10 @@
 
 import pandas as pd
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from tests.conftest import copy_fixture, dvc_project
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def prefect_api():
-    """A throwaway Prefect API and database, stopped before pytest closes its streams."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def test_flow_imports_pending_exports_validates_and_splits(tiny_project, monkeypatch):

@@ -1,0 +1,107 @@
+"""The retrain flow end to end with a tiny model: promote, refuse, force, roll back."""
+
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import TINY_LABELS, dvc_project
+from tests.tasks.tiny_model import make_tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def project(tiny_project, monkeypatch):
+    """The tiny project under git + DVC, training a tiny BERT, with low gate floors."""
+    from tasks.config import load_params
+    from tasks.versioning import track
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dvc_project(tiny_project)
+    params = load_params(tiny_project / "params.yaml")
+    track(
+        [params.path(params.data.labeled_dir), params.path(params.data.test_dir)],
+        tiny_project,
+        push=False,
+    )
+    base = make_tiny_model(tiny_project / "tiny-base")
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["split"] = {"val_fraction": 0.25, "seed": 13}
+    raw["train"] = {
+        "base_model": str(base),
+        "epochs": 3,
+        "learning_rate": 3e-3,
+        "batch_size": 8,
+        "early_stopping_patience": 0,
+    }
+    raw["evaluate"] = {"latency_samples": 5}
+    raw["gate"] = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "significance": "none"}
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tiny_project)
+    return tiny_project
+
+
+def test_retrain_promotes_then_refuses_then_force_and_rollback_are_recorded(project):
+    from flows.retrain import retrain
+    from tasks import ledger
+    from tasks.config import load_params
+    from tasks.promotion import CHAMPION, PREVIOUS, alias_version, client, rollback
+
+    params_path = str(project / "params.yaml")
+    params = load_params(params_path)
+    name = params.registry.model_name
+
+    first = retrain(params_path=params_path, trigger="test")
+    assert first["promoted"] and first["version"] == "1"
+    assert first["data"]["test"] and first["data"]["labeled"]  # DVC hashes recorded
+    mc = client(params)
+    assert alias_version(mc, name, CHAMPION) == "1"
+    v1 = mc.get_model_version(name, "1")
+    assert v1.tags["gate.decision"] == "promoted"
+    assert v1.tags["data.test_hash"] == first["data"]["test"]
+    assert float(v1.tags["metrics.macro_f1"]) == pytest.approx(first["metrics"]["macro_f1"])
+    run = mc.get_run(v1.run_id)
+    assert run.data.tags["git.commit"]
+    assert "test_accuracy" in run.data.metrics
+    assert len(mc.get_metric_history(v1.run_id, "val_macro_f1")) == 3  # one per epoch
+    artifacts = {a.path for a in mc.list_artifacts(v1.run_id, "eval")}
+    assert "eval/report.json" in artifacts and "eval/metrics.json" in artifacts
+    # The registered model loads through MLflow and answers with a known label.
+    pipe = mlflow.transformers.load_model(f"models:/{name}@champion")
+    assert pipe("my card has not arrived")[0]["label"] in TINY_LABELS
+    metrics = json.loads((project / "reports" / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(first["metrics"]["accuracy"])
+
+    # A weaker bar the challenger cannot clear: refused, reason recorded, champion stays.
+    second = retrain(
+        params_path=params_path, epochs=1, gate_rules={"min_macro_f1_gain": 0.5}, trigger="test"
+    )
+    assert not second["promoted"] and second["version"] == "2"
+    assert "macro-F1 gain" in second["decision"]
+    assert alias_version(mc, name, CHAMPION) == "1"
+    v2 = mc.get_model_version(name, "2")
+    assert v2.tags["gate.decision"] == "refused"
+    assert v2.tags["gate.summary"] == second["decision"]
+
+    # Forcing it is recorded; rolling back restores version 1.
+    from tasks.config import with_overrides
+    from tasks.promotion import apply
+
+    strict = with_overrides(params, {"gate": {"min_macro_f1_gain": 0.5}}, "test")
+    _, promoted = apply(strict, "2", force=True, action="manual", note="test force")
+    assert promoted and alias_version(mc, name, CHAMPION) == "2"
+    assert alias_version(mc, name, PREVIOUS) == "1"
+    rollback(params, reason="test rollback")
+    assert alias_version(mc, name, CHAMPION) == "1"
+
+    entries = ledger.read(project / "mlflow" / "promotions.jsonl")
+    assert [(e["action"], e["version"], e["promoted"]) for e in entries[:3]] == [
+        ("gate", "1", True),
+        ("gate", "2", False),
+        ("force-promote", "2", True),
+    ]
+    assert entries[1]["champion_before"] == "1" and entries[1]["reason"] == second["decision"]
+    assert [c["rule"] for c in entries[1]["checks"] if not c["passed"]] == ["min_macro_f1_gain"]
+    assert entries[-1]["action"] == "rollback" and entries[-1]["champion_after"] == "1"
