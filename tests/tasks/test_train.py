@@ -398,3 +398,74 @@ def test_bucketed_batches_change_with_the_generator(real_lengths):
     c = length_bucketed_batches(real_lengths, 32, 10, np.random.default_rng([13, 2]))
     assert [tuple(x) for x in a] == [tuple(x) for x in b]
     assert [tuple(x) for x in a] != [tuple(x) for x in c]
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import tasks.train as t
+from tasks.config import TrainConfig
+from tests.tasks.tiny_model import TINY_LABELS, tiny_frames
+
+marker = Path({marker!r})
+calls = {{"n": 0}}
+real_pad = t.pad_batch
+
+def pad_batch(*args, **kwargs):
+    # Training batches of epoch 2 start after epoch 1's 8 training and 1 validation
+    # batches: halfway through epoch 2, say so and hang until killed.
+    calls["n"] += 1
+    if calls["n"] == 13 and not marker.exists():
+        marker.write_text("mid-epoch 2")
+        time.sleep(600)
+    return real_pad(*args, **kwargs)
+
+t.pad_batch = pad_batch
+train, val = tiny_frames()
+cfg = TrainConfig(base_model={base!r}, epochs=4, batch_size=8, learning_rate=1e-2,
+                  warmup_ratio=0.1, early_stopping_patience=0, device="cpu", num_threads=2)
+r = t.train_model(train, val, TINY_LABELS, cfg, Path({out!r}), Path({ck!r}), progress=False)
+print("resumed_from_epoch", r.resumed_from_epoch)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(baseline, base_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    _, _, root = baseline
+    out, ck, marker = tmp_path / "model", tmp_path / "ck", tmp_path / "killed-here"
+    script = tmp_path / "killable.py"
+    script.write_text(
+        KILLABLE.format(
+            repo=str(REPO), marker=str(marker), base=base_model, out=str(out), ck=str(ck)
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "training ended before reaching epoch 2"
+            assert time.monotonic() < deadline, "epoch 2 never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((ck / LAST / TRAINER_FILE).read_text())["epoch"] == 1
+    assert not out.exists()
+
+    rerun = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed_from_epoch 1" in rerun.stdout
+    assert_same_weights(root / "model", out)  # as if it had never been killed
