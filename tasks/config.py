@@ -240,6 +240,39 @@ class GateConfig(_Strict):
     bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
 
 
+class ServeConfig(_Strict):
+    """The prediction service (``serving/``)."""
+
+    host: str = Field(default="127.0.0.1", description="bind address (loopback by default)")
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    poll_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=10.0, description="check the champion alias this often (0: only on /admin/reload)"
+    )
+    max_text_chars: Annotated[int, Field(ge=1)] = 1000
+    max_batch: Annotated[int, Field(ge=1)] = 64
+    top_k: Annotated[int, Field(ge=1)] = 3
+    review_limit: Annotated[int, Field(ge=1)] = 50
+    token_env: str = Field(
+        default="SLMOPS_API_TOKEN", description="environment variable holding the API token"
+    )
+    token_file: str | None = Field(default=None, description="file holding the API token")
+    protect_reads: bool = Field(
+        default=False, description="also require the token on read endpoints"
+    )
+    model_cache_dir: str = Field(
+        default="models/serving", description="where registry versions are downloaded"
+    )
+
+
+class FeedbackConfig(_Strict):
+    """The feedback store and its ingestion into the labeled data."""
+
+    db_url: str = Field(
+        default="sqlite:///data/feedback/feedback.db",
+        description="SQLAlchemy URL; a relative sqlite path is resolved against the project",
+    )
+
+
 class Params(_Strict):
     """Everything in ``params.yaml``."""
 
@@ -253,6 +286,8 @@ class Params(_Strict):
     evaluate: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    serve: ServeConfig = ServeConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named sets of overrides, e.g. `full` for the longest training.",
