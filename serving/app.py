@@ -1,0 +1,722 @@
+"""The prediction service: the champion model over HTTP, and the feedback that comes back.
+
+Endpoints (OpenAPI at ``/docs``):
+
+- ``POST /predict``: labels for one text or a batch; every answer is logged
+  to the feedback store and carries its ``prediction_id``.
+- ``POST /feedback`` (token): a reviewer's label for a prediction.
+- ``GET /review``: the least confident predictions nobody has reviewed.
+- ``GET /health``, ``GET /model``: what is served, and whether reloads work.
+- ``POST /admin/reload`` (token): look at the ``champion`` alias now.
+
+Hot swap: a background thread polls the alias. When it moves, the new
+version is downloaded and loaded completely, then one reference is replaced.
+A request reads that reference once, so requests already running finish on
+the model they started with and none fails during a swap. When loading fails,
+the old model keeps serving and ``/health`` says ``degraded`` with the error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.model_source import LoadedModel, ModelSource, NoChampion, RegistrySource
+from tasks.config import Params
+from tasks.feedback_store import (
+    FeedbackStore,
+    NewPrediction,
+    PredictionRecord,
+    UnknownLabel,
+    UnknownPrediction,
+)
+
+log = logging.getLogger(__name__)
+
+# A failed version is retried on polls at most this often (/admin/reload retries
+# at once): reloading a broken model every few seconds only burns CPU.
+RETRY_FAILED_SECONDS = 300.0
+# With polling off, a failed first load is retried after 1, 2, 4 ... 60 s.
+INITIAL_RETRY_SECONDS = 1.0
+MAX_INITIAL_RETRY_SECONDS = 60.0
+# How long shutdown waits for the poller (it may be in the middle of a load).
+POLLER_JOIN_SECONDS = 10.0
+MAX_REVIEW_ROWS = 1000
+# Worst case bytes per character in a JSON string (an escaped surrogate pair is
+# 12 bytes for one character) plus room for keys: bodies above this are refused
+# before they are read.
+JSON_BYTES_PER_CHAR = 12
+BODY_OVERHEAD_BYTES = 64 * 1024
+
+HealthStatus = Literal["ok", "degraded", "loading"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- request and response models --------------------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    """One text, or a batch of texts, to classify."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "My card still hasn't arrived after two weeks"},
+                {"texts": ["I lost my card", "What exchange rate do you use?"]},
+            ]
+        },
+    )
+
+    text: str | None = Field(
+        default=None,
+        description="One text to classify (send this or `texts`). Must not be blank; at "
+        "most `serve.max_text_chars` characters (413 beyond).",
+    )
+    texts: list[str] | None = Field(
+        default=None,
+        description="Several texts, answered in the same order (send this or `text`). At "
+        "most `serve.max_batch` texts (413 beyond).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send either 'text' (a string) or 'texts' (a list of strings)")
+        return self
+
+    def all_texts(self) -> list[str]:
+        """The texts of the request as a list."""
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class LabelScore(BaseModel):
+    """A label and its probability."""
+
+    label: str = Field(examples=["card_arrival"])
+    score: float = Field(ge=0.0, le=1.0, examples=[0.91])
+
+
+class Prediction(BaseModel):
+    """The answer for one text."""
+
+    prediction_id: str = Field(
+        description="Send this back with POST /feedback to correct or confirm the answer.",
+        examples=["3f2c9a6d1b7e4f0a8c5d2e1f0a9b8c7d"],
+    )
+    label: str = Field(description="The most probable label.", examples=["card_arrival"])
+    confidence: float = Field(
+        ge=0.0, le=1.0, description="Probability of `label`.", examples=[0.91]
+    )
+    top_k: list[LabelScore] = Field(
+        description="The `serve.top_k` most probable labels, most probable first."
+    )
+    model_name: str = Field(examples=["slmops-intent"])
+    model_version: str = Field(examples=["3"])
+
+
+class PredictResponse(BaseModel):
+    """Answers in the order of the request's texts (always a list, even for `text`)."""
+
+    predictions: list[Prediction]
+
+
+class FeedbackRequest(BaseModel):
+    """A reviewer's label for an earlier prediction."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prediction_id": "3f2c9a6d1b7e4f0a8c5d2e1f0a9b8c7d",
+                    "label": "lost_or_stolen_card",
+                    "user": "reviewer-7",
+                }
+            ]
+        },
+    )
+
+    prediction_id: str = Field(
+        min_length=1, max_length=64, description="The id /predict returned with the answer."
+    )
+    label: str = Field(
+        min_length=1, max_length=255, description="The correct label (one of GET /model's)."
+    )
+    user: str | None = Field(
+        default=None, max_length=255, description="Who gives the feedback (free text)."
+    )
+
+
+class FeedbackResponse(BaseModel):
+    """The stored feedback."""
+
+    feedback_id: int
+    prediction_id: str
+    label: str
+    kind: Literal["correction", "confirmation"] = Field(
+        description="`correction` when the label differs from the prediction's."
+    )
+    user: str | None
+    created_at: datetime
+    created: bool = Field(
+        description="False when identical feedback already existed (HTTP 200, nothing added)."
+    )
+
+
+class ReviewItem(BaseModel):
+    """A prediction waiting for a reviewer."""
+
+    prediction_id: str
+    text: str
+    label: str
+    confidence: float
+    top_k: list[LabelScore]
+    model_name: str
+    model_version: str
+    created_at: datetime
+
+
+class ReviewResponse(BaseModel):
+    """Unreviewed predictions, least confident first."""
+
+    items: list[ReviewItem]
+
+
+class HealthResponse(BaseModel):
+    """Whether the service answers, with which version, and how the last reload went."""
+
+    status: HealthStatus = Field(
+        description="`ok`; `degraded`: the last reload failed (see `last_error`), an older "
+        "version keeps serving if one is loaded; `loading`: no model yet."
+    )
+    model_name: str
+    model_version: str | None
+    loaded_at: datetime | None = Field(description="When the served version was loaded.")
+    last_checked_at: datetime | None = Field(description="When the alias was last looked at.")
+    last_error: str | None = Field(description="Why the last reload failed (null when it worked).")
+
+
+class ModelResponse(BaseModel):
+    """The served model version."""
+
+    name: str
+    version: str
+    run_id: str
+    labels: list[str]
+    loaded_at: datetime
+    source: str = Field(description="Registry URI of the version (`models:/<name>/<version>`).")
+
+
+class ReloadResponse(BaseModel):
+    """Outcome of a reload: versions before and after, and the error if it failed."""
+
+    previous_version: str | None
+    version: str | None
+    changed: bool
+    status: HealthStatus
+    error: str | None
+
+
+class ErrorResponse(BaseModel):
+    """An error, with a message saying what to do."""
+
+    detail: str
+
+
+class UnknownLabelResponse(ErrorResponse):
+    """Feedback with a label outside the model's label set."""
+
+    valid_labels: list[str]
+
+
+# -- the served model and its reloads ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one look at the alias did."""
+
+    previous_version: str | None
+    version: str | None
+    changed: bool
+    error: str | None
+
+
+class ModelHolder:
+    """The served model, replaced atomically when the champion alias moves.
+
+    ``current`` is read without a lock: assigning one attribute is atomic, and
+    each request reads it once. The lock only keeps two reloads (poller and
+    /admin/reload) from loading the same version at once.
+    """
+
+    def __init__(self, source: ModelSource, name: str) -> None:
+        self.source = source
+        self.name = name
+        self.current: LoadedModel | None = None
+        self.last_checked_at: datetime | None = None
+        self.last_error: str | None = None
+        self._failed: tuple[str, str, float] | None = None  # version, run_id, monotonic time
+        self._lock = threading.Lock()
+
+    @property
+    def status(self) -> HealthStatus:
+        """``degraded`` after a failed reload, ``loading`` before the first model, else ``ok``."""
+        if self.last_error is not None:
+            return "degraded"
+        return "ok" if self.current is not None else "loading"
+
+    def check(self, *, force: bool = False) -> ReloadOutcome:
+        """Look at the alias; if it moved, load the new version and swap it in.
+
+        Never raises: a failure is recorded in ``last_error`` and the served
+        model stays. ``force`` retries a version that failed recently.
+        """
+        with self._lock:
+            old = self.current
+            before = old.version if old else None
+            self.last_checked_at = _now()
+            try:
+                ref = self.source.champion()
+                if old is not None and (ref.version, ref.run_id) == (old.version, old.run_id):
+                    self.last_error = None
+                    self._failed = None
+                    return ReloadOutcome(before, before, False, None)
+                if (
+                    not force
+                    and self._failed is not None
+                    and self._failed[:2] == (ref.version, ref.run_id)
+                    and time.monotonic() - self._failed[2] < RETRY_FAILED_SECONDS
+                ):
+                    return ReloadOutcome(before, before, False, self.last_error)
+                log.info("loading %s version %s (serving: %s)", ref.name, ref.version, before)
+                try:
+                    new = self.source.load(ref)
+                except Exception:
+                    self._failed = (ref.version, ref.run_id, time.monotonic())
+                    raise
+                self.current = new  # the swap: one reference, loaded completely before
+                self.last_error = None
+                self._failed = None
+                log.info("serving %s version %s", new.name, new.version)
+                return ReloadOutcome(before, new.version, True, None)
+            except NoChampion as exc:
+                self.last_error = str(exc)
+            except Exception as exc:  # any failure must leave the old model serving
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("model reload failed, still serving %s: %s", before, self.last_error)
+            return ReloadOutcome(before, before, False, self.last_error)
+
+    def poll(self, stop: threading.Event, interval: float) -> None:
+        """Load the champion now, then check every ``interval`` seconds until ``stop``.
+
+        With ``interval`` 0 the alias is not watched, but a first load that
+        failed (registry not up yet, no champion yet) is retried with growing
+        pauses until a model is served: a service started before its registry
+        should not need a manual reload.
+        """
+        self.check()
+        if interval > 0:
+            while not stop.wait(interval):
+                self.check()
+            return
+        pause = INITIAL_RETRY_SECONDS
+        while self.current is None and not stop.wait(pause):
+            self.check()
+            pause = min(pause * 2, MAX_INITIAL_RETRY_SECONDS)
+
+
+# -- the app ----------------------------------------------------------------------------
+
+
+def configured_token(params: Params) -> str | None:
+    """The API token: the environment variable ``serve.token_env``, else ``serve.token_file``.
+
+    Read on every call, so a rotated token applies without a restart.
+    """
+    serve = params.serve
+    value = os.environ.get(serve.token_env, "").strip()
+    if value:
+        return value
+    if serve.token_file:
+        try:
+            value = params.path(serve.token_file).read_text(encoding="utf-8").strip()
+        except OSError:
+            log.warning("serve.token_file %s cannot be read", serve.token_file)
+            return None
+        return value or None
+    return None
+
+
+def _top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": labels[i], "score": float(probs[i])} for i in order]
+
+
+def _review_item(p: PredictionRecord) -> ReviewItem:
+    return ReviewItem(
+        prediction_id=p.id,
+        text=p.text,
+        label=p.label,
+        confidence=p.confidence,
+        top_k=[LabelScore(**x) for x in p.top_k],
+        model_name=p.model_name,
+        model_version=p.model_version,
+        created_at=p.created_at,
+    )
+
+
+def _check_texts(texts: list[str], params: Params) -> None:
+    serve = params.serve
+    if not texts:
+        raise HTTPException(422, "'texts' is empty: send at least one text")
+    if len(texts) > serve.max_batch:
+        raise HTTPException(
+            413,
+            f"{len(texts)} texts in one request; the limit is {serve.max_batch} "
+            "(serve.max_batch): split the batch",
+        )
+    for i, text in enumerate(texts):
+        where = "text" if len(texts) == 1 else f"texts[{i}]"
+        if not text.strip():
+            raise HTTPException(422, f"{where} is empty or only whitespace")
+        if len(text) > serve.max_text_chars:
+            raise HTTPException(
+                413,
+                f"{where} has {len(text)} characters; the limit is {serve.max_text_chars} "
+                "(serve.max_text_chars)",
+            )
+
+
+# Module level: FastAPI resolves the string annotations of the endpoint functions
+# defined inside create_app against this module's globals.
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="The API token configured on the server (the environment variable named by "
+    "serve.token_env, or serve.token_file).",
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong token."},
+    503: {"model": ErrorResponse, "description": "No token configured, or no model loaded."},
+}
+
+
+def create_app(params: Params, *, model_loader: ModelSource | None = None) -> FastAPI:
+    """The FastAPI app serving the champion of ``registry.model_name``.
+
+    ``model_loader`` replaces the MLflow registry as the source of models. The
+    model is loaded in the background once the app starts (``/health`` says
+    ``loading`` until then) and the alias is polled every ``serve.poll_seconds``.
+    """
+    serve = params.serve
+    holder = ModelHolder(model_loader or RegistrySource(params), params.registry.model_name)
+    store = FeedbackStore.from_params(params)
+    # One inference at a time: torch already spreads one batch over every core,
+    # and a Hugging Face fast tokenizer must not be called from two threads at
+    # once ("Already borrowed").
+    inference_limiter = anyio.CapacityLimiter(1)
+    max_body = serve.max_batch * serve.max_text_chars * JSON_BYTES_PER_CHAR + BODY_OVERHEAD_BYTES
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        poller = threading.Thread(
+            target=holder.poll,
+            args=(stop, serve.poll_seconds),
+            name="slmops-model-poller",
+            daemon=True,  # a load stuck on the network must not keep the process alive
+        )
+        poller.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            await anyio.to_thread.run_sync(poller.join, POLLER_JOIN_SECONDS)
+            if poller.is_alive():
+                log.warning("model poller still busy after %.0f s; leaving it", POLLER_JOIN_SECONDS)
+            store.close()
+
+    app = FastAPI(
+        title="SLMOps prediction service",
+        version="1",
+        description="Serves the `champion` of the MLflow registry and collects feedback "
+        "on its answers. Write endpoints need `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    app.state.store = store
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        # Refuse oversized bodies from their declared length, before reading them.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes; the limit is {max_body}"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+    def require_token(
+        credentials: BearerCredentials,
+    ) -> None:
+        expected = configured_token(params)
+        if expected is None:
+            raise HTTPException(
+                503,
+                "this endpoint is disabled until an API token is configured: set the "
+                f"environment variable {serve.token_env} (or serve.token_file in params.yaml) "
+                "on the server",
+            )
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "missing token: send the header 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        # Constant-time comparison: response timing reveals nothing about the token.
+        if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+
+    def require_read(
+        credentials: BearerCredentials,
+    ) -> None:
+        if serve.protect_reads:
+            require_token(credentials)
+
+    def served() -> LoadedModel:
+        loaded = holder.current
+        if loaded is None:
+            why = holder.last_error or "the model is still loading"
+            raise HTTPException(503, f"no model loaded yet: {why}")
+        return loaded
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        dependencies=[Depends(require_read)],
+        responses={
+            413: {"model": ErrorResponse, "description": "Too many texts, or a text too long."},
+            422: {"description": "Blank text, or neither/both of `text` and `texts`."},
+            **AUTH_RESPONSES,
+        },
+        summary="Classify one text or a batch",
+    )
+    async def predict(body: PredictRequest) -> PredictResponse:
+        texts = body.all_texts()
+        _check_texts(texts, params)
+        # Read the reference once: a swap during this request does not affect it.
+        loaded = served()
+        probs = await anyio.to_thread.run_sync(
+            loaded.predictor.predict_proba, texts, limiter=inference_limiter
+        )
+        labels = loaded.labels
+        k = min(serve.top_k, len(labels))
+        rows = []
+        for text, p in zip(texts, probs, strict=True):
+            top = _top_k(p, labels, k)
+            rows.append(
+                NewPrediction(
+                    text=text,
+                    label=top[0]["label"],
+                    confidence=top[0]["score"],
+                    top_k=top,
+                    model_name=loaded.name,
+                    model_version=loaded.version,
+                )
+            )
+        try:
+            ids = await anyio.to_thread.run_sync(store.log_predictions, rows)
+        except Exception as exc:
+            # An answer whose id was not stored could never receive feedback.
+            log.exception("feedback store write failed")
+            raise HTTPException(503, f"feedback store unavailable: {type(exc).__name__}") from exc
+        return PredictResponse(
+            predictions=[
+                Prediction(
+                    prediction_id=pid,
+                    label=row.label,
+                    confidence=row.confidence,
+                    top_k=[LabelScore(**x) for x in row.top_k],
+                    model_name=row.model_name,
+                    model_version=row.model_version,
+                )
+                for pid, row in zip(ids, rows, strict=True)
+            ]
+        )
+
+    @app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        status_code=201,
+        dependencies=[Depends(require_token)],
+        responses={
+            200: {"model": FeedbackResponse, "description": "Identical feedback already stored."},
+            404: {"model": ErrorResponse, "description": "Unknown prediction id."},
+            422: {"model": UnknownLabelResponse, "description": "Label not in the label set."},
+            **AUTH_RESPONSES,
+        },
+        summary="Correct or confirm a prediction",
+    )
+    def feedback(body: FeedbackRequest, response: Response) -> Any:
+        labels = served().labels
+        try:
+            row, created = store.add_feedback(body.prediction_id, body.label, labels, body.user)
+        except UnknownPrediction as exc:
+            raise HTTPException(404, str(exc)) from None
+        except UnknownLabel as exc:
+            return JSONResponse(
+                {"detail": str(exc), "valid_labels": exc.known_labels}, status_code=422
+            )
+        if not created:
+            response.status_code = status.HTTP_200_OK
+        return FeedbackResponse(
+            feedback_id=row.id,
+            prediction_id=row.prediction_id,
+            label=row.label,
+            kind=row.kind,
+            user=row.user,
+            created_at=row.created_at,
+            created=created,
+        )
+
+    @app.get(
+        "/review",
+        response_model=ReviewResponse,
+        dependencies=[Depends(require_read)],
+        responses=AUTH_RESPONSES,
+        summary="Unreviewed predictions, least confident first",
+    )
+    def review(
+        limit: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_REVIEW_ROWS, description="Rows (default: serve.review_limit)."),
+        ] = None,
+        since: Annotated[
+            datetime | None,
+            Query(description="Only predictions made at or after this time (ISO 8601)."),
+        ] = None,
+    ) -> ReviewResponse:
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # a time without zone is read as UTC
+        rows = store.review_queue(limit or serve.review_limit, since=since)
+        return ReviewResponse(items=[_review_item(p) for p in rows])
+
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse, "description": "No model loaded."}},
+        summary="Liveness and readiness",
+    )
+    def health() -> Any:
+        loaded = holder.current
+        body = HealthResponse(
+            status=holder.status,
+            model_name=holder.name,
+            model_version=loaded.version if loaded else None,
+            loaded_at=loaded.loaded_at if loaded else None,
+            last_checked_at=holder.last_checked_at,
+            last_error=holder.last_error,
+        )
+        # 503 without a model, so a load balancer sends no traffic here yet.
+        code = 200 if loaded is not None else 503
+        return JSONResponse(body.model_dump(mode="json"), status_code=code)
+
+    @app.get(
+        "/model",
+        response_model=ModelResponse,
+        dependencies=[Depends(require_read)],
+        responses=AUTH_RESPONSES,
+        summary="The served model version",
+    )
+    def model() -> ModelResponse:
+        loaded = served()
+        return ModelResponse(
+            name=loaded.name,
+            version=loaded.version,
+            run_id=loaded.run_id,
+            labels=loaded.labels,
+            loaded_at=loaded.loaded_at,
+            source=loaded.source,
+        )
+
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        dependencies=[Depends(require_token)],
+        responses={
+            502: {"model": ReloadResponse, "description": "The reload failed; old model kept."},
+            **AUTH_RESPONSES,
+        },
+        summary="Check the champion alias now and swap if it moved",
+    )
+    def reload() -> Any:
+        outcome = holder.check(force=True)
+        body = ReloadResponse(
+            previous_version=outcome.previous_version,
+            version=outcome.version,
+            changed=outcome.changed,
+            status=holder.status,
+            error=outcome.error,
+        )
+        # 502: the registry or the version's artifacts failed us, not the request.
+        code = 502 if outcome.error else 200
+        return JSONResponse(body.model_dump(mode="json"), status_code=code)
+
+    return app
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# MLflow's HTTP defaults (7 retries with exponential backoff, 120 s timeout) keep a
+# poll stuck for minutes when the tracking server is down; the service would
+# rather report "degraded" quickly and try again at the next poll. Only the
+# server process sets these, and an operator's own values win.
+SERVING_MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+
+
+def run(params: Params, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve ``create_app(params)`` with uvicorn on ``serve.host:serve.port`` (or the overrides)."""
+    import uvicorn
+
+    host = host or params.serve.host
+    port = port or params.serve.port
+    for key, value in SERVING_MLFLOW_HTTP.items():
+        os.environ.setdefault(key, value)
+    if host not in LOOPBACK and not params.serve.protect_reads:
+        log.warning(
+            "listening on %s with serve.protect_reads false: anyone who can reach it can read "
+            "predictions and the review queue",
+            host,
+        )
+    if configured_token(params) is None:
+        log.warning(
+            "no API token configured (%s or serve.token_file): /feedback and /admin/reload "
+            "answer 503",
+            params.serve.token_env,
+        )
+    uvicorn.run(create_app(params), host=host, port=port, log_level="info")
