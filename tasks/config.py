@@ -271,6 +271,28 @@ class FeedbackConfig(_Strict):
         default="sqlite:///data/feedback/feedback.db",
         description="SQLAlchemy URL; a relative sqlite path is resolved against the project",
     )
+    settle_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="ingest only feedback older than this; a few seconds on Postgres, where "
+        "ids can commit out of order (SQLite: 0 is safe)",
+    )
+    retrain_after_labels: Annotated[int, Field(ge=1)] = Field(
+        default=200, description="retrain once this many feedback labels came in since the last"
+    )
+    live_accuracy_floor: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.80, description="retrain when the champion's accuracy on feedback falls below"
+    )
+    live_accuracy_min_feedback: Annotated[int, Field(ge=1)] = Field(
+        default=50, description="feedback rows needed before the live accuracy counts"
+    )
+    git_commit: bool = Field(
+        default=True,
+        description="commit the new data/labeled.dvc with a message saying what came in",
+    )
+    retrain_deployment: str = Field(
+        default="retrain/weekly",
+        description="run this deployment when the Prefect API has it (else retrain as a subflow)",
+    )
 
 
 class Params(_Strict):

@@ -30,7 +30,7 @@ from tasks.dataset import (
     write_json_atomic,
 )
 from tasks.errors import DataError
-from tasks.label_sources import read_votes, resolve_votes
+from tasks.label_sources import VoteTable, read_votes, resolve_votes
 from tasks.validate import validate_frame
 from tasks.versioning import data_hash, track
 
@@ -111,21 +111,56 @@ def import_labels(
     """
     path = Path(path)
     now = now or datetime.now(UTC)
+    table = read_votes(path, params.label_import, fmt)
+    return merge_votes(
+        table,
+        params,
+        source=source or _display(path, params.root),
+        batch_id=_batch_id(path, now),
+        now=now,
+        version=version,
+    )
+
+
+def merge_votes(
+    table: VoteTable,
+    params: Params,
+    *,
+    source: str,
+    batch_id: str,
+    kind: str = "import",
+    now: datetime | None = None,
+    version: bool = True,
+    quarantine_unknown_labels: bool = False,
+) -> ImportSummary:
+    """Resolve votes and merge them into the labeled data as one batch.
+
+    ``kind`` is the provenance ``source`` of the new rows (``import`` or
+    ``feedback``). Unknown labels stop the batch with an error listing them,
+    unless ``labels.allow_new`` makes them classes or
+    ``quarantine_unknown_labels`` sets those rows aside instead. The merged data
+    must pass the gate before anything is written.
+    """
+    now = now or datetime.now(UTC)
     stamp = now.isoformat(timespec="seconds")
-    source = source or _display(path, params.root)
     paths = LabeledPaths(params)
 
-    table = read_votes(path, params.label_import, fmt)
     resolved, vote_quarantine = resolve_votes(table.votes, params.label_import.min_agreement)
     label_set = load_label_set(params)
+    unknown_quarantine = resolved.iloc[0:0].assign(reason="")
+    if quarantine_unknown_labels and not params.labels.allow_new:
+        unknown = ~resolved["label"].isin(label_set)
+        unknown_quarantine = resolved.loc[unknown].assign(
+            reason=lambda d: "label " + d["label"].map(repr) + " is not in the label set"
+        )
+        resolved = resolved.loc[~unknown]
     new_labels = _check_labels(resolved, label_set, source, params.labels.allow_new)
     label_set = label_set + new_labels
 
-    batch = _batch_id(path, now)
     provenance = {
-        "source": "import",
+        "source": kind,
         "source_file": source,
-        "batch_id": batch,
+        "batch_id": batch_id,
         "imported_at": stamp,
     }
     # The labeled data is all text on disk; numbers are written as read back.
@@ -159,6 +194,7 @@ def import_labels(
         [
             table.rejected.assign(check="parse", **provenance),
             vote_quarantine.assign(check="vote", **provenance),
+            unknown_quarantine.assign(check="label_in_set", **provenance),
             result.quarantined,
         ],
         ignore_index=True,
@@ -167,7 +203,7 @@ def import_labels(
     summary = ImportSummary(
         source=source,
         fmt=table.fmt,
-        batch_id=batch,
+        batch_id=batch_id,
         votes=len(table.votes),
         added=int(clean["text"].isin(fresh).sum()),
         corrected=len(corrections),

@@ -139,3 +139,26 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
 
     version = mlflow.register_model(model_uri, name, tags=tags)
     return str(version.version)
+
+
+def record_live_accuracy(params: Params, live: dict[str, dict[str, float]]) -> None:
+    """Tag each model version with its accuracy on user feedback and add it to the
+    version's run as the metric ``live_accuracy`` (a history over time in the UI)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure(params)
+    client = MlflowClient()
+    name = params.registry.model_name
+    for version, m in live.items():
+        try:
+            mv = client.get_model_version(name, version)
+        except MlflowException:
+            log.warning(
+                "%s version %s: not in the registry; live accuracy not recorded", name, version
+            )
+            continue
+        client.set_model_version_tag(name, version, "live.accuracy", f"{m['accuracy']:.4f}")
+        client.set_model_version_tag(name, version, "live.feedback_rows", str(int(m["n"])))
+        if mv.run_id:
+            client.log_metric(mv.run_id, "live_accuracy", float(m["accuracy"]))

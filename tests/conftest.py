@@ -80,6 +80,22 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Comple
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
 
 
+# Commits made by tests (ingestion commits data/labeled.dvc) need an identity.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "slmops-tests",
+    "GIT_AUTHOR_EMAIL": "tests@slmops.invalid",
+    "GIT_COMMITTER_NAME": "slmops-tests",
+    "GIT_COMMITTER_EMAIL": "tests@slmops.invalid",
+}
+
+
+@pytest.fixture
+def git_identity(monkeypatch) -> None:
+    """A git author and committer for the test's commits."""
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+
+
 def dvc_project(root: Path) -> Path:
     """Turn ``root`` into a git + DVC repository with a local remote, like the real one."""
     for cmd in (

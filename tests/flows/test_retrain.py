@@ -4,43 +4,10 @@ import json
 
 import mlflow
 import pytest
-import yaml
 
-from tests.conftest import TINY_LABELS, dvc_project
-from tests.tasks.tiny_model import make_tiny_model
+from tests.conftest import TINY_LABELS
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def project(tiny_project, monkeypatch):
-    """The tiny project under git + DVC, training a tiny BERT, with low gate floors."""
-    from tasks.config import load_params
-    from tasks.versioning import track
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    dvc_project(tiny_project)
-    params = load_params(tiny_project / "params.yaml")
-    track(
-        [params.path(params.data.labeled_dir), params.path(params.data.test_dir)],
-        tiny_project,
-        push=False,
-    )
-    base = make_tiny_model(tiny_project / "tiny-base")
-    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    raw["split"] = {"val_fraction": 0.25, "seed": 13}
-    raw["train"] = {
-        "base_model": str(base),
-        "epochs": 3,
-        "learning_rate": 3e-3,
-        "batch_size": 8,
-        "early_stopping_patience": 0,
-    }
-    raw["evaluate"] = {"latency_samples": 5}
-    raw["gate"] = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "significance": "none"}
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.chdir(tiny_project)
-    return tiny_project
 
 
 def test_retrain_promotes_then_refuses_then_force_and_rollback_are_recorded(project):

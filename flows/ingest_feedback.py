@@ -1,0 +1,154 @@
+"""Prefect flow ``ingest_feedback``: corrections from the service → labeled data → retrain.
+
+Reads the feedback after the watermark, merges it into the labeled data as a
+new DVC version (gate, conflicts, provenance; see ``tasks/feedback_ingest``),
+records the champion's live accuracy, and triggers ``retrain`` when a
+threshold is crossed: as a run of the ``retrain`` deployment when the Prefect
+API has one (a server with ``make deploy``), else as a subflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.config import load_params
+from tasks.feedback_ingest import (
+    RETRAIN_MARK,
+    IngestResult,
+    ingest_feedback,
+    labels_since_retrain,
+    retrain_reason,
+    watermark,
+)
+from tasks.feedback_store import FeedbackStore
+from tasks.tracking import record_live_accuracy
+
+
+@task(name="ingest-feedback")
+def ingest_task(params, limit: int | None) -> IngestResult:
+    """Merge new feedback into the labeled data (a new DVC version, committed)."""
+    with FeedbackStore.from_params(params) as store:
+        return ingest_feedback(params, store, limit=limit)
+
+
+@task(name="record-live-accuracy")
+def live_task(params, live: dict[str, dict[str, float]]) -> None:
+    """Tag each served model version with its accuracy on this feedback."""
+    record_live_accuracy(params, live)
+
+
+def _deployment_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+@task(name="trigger-retrain")
+def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str, Any]:
+    """Start ``retrain``: a run of its deployment when the Prefect API has one (a
+    server set up with ``make deploy``), else the flow itself as a subflow."""
+    logger = get_run_logger()
+    params = load_params(params_path, profile)
+    name = params.feedback.retrain_deployment
+    if _deployment_exists(name):
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(
+            name=name,
+            parameters={"params_path": params_path, "profile": profile, "trigger": "feedback"},
+            timeout=0,  # start it and go on; the run shows in the UI
+            as_subflow=False,
+        )
+        logger.info("started a run of deployment %s (%s): %s", name, run.id, reason)
+        return {"mode": "deployment", "flow_run_id": str(run.id)}
+    logger.info("no deployment %s on this Prefect API: retraining as a subflow", name)
+    from flows.retrain import retrain
+
+    result = retrain(params_path=params_path, profile=profile, trigger="feedback")
+    return {"mode": "subflow", **{k: result[k] for k in ("version", "promoted", "decision")}}
+
+
+def _summary(result: IngestResult, reason: str | None, triggered: dict | None) -> str:
+    s = result.summary
+    lines = [
+        f"# Feedback ingestion: ids {result.watermark_before + 1}-{result.watermark_after}"
+        if result.read
+        else "# Feedback ingestion: nothing new",
+        "",
+        f"- Feedback rows read: {result.read} (already in the data: {result.already_in_data})",
+    ]
+    if s is not None:
+        lines.append(
+            f"- Labeled data: {s.added} added, {s.corrected} corrected, {s.unchanged} unchanged, "
+            f"{s.quarantined} quarantined"
+        )
+    if result.version:
+        lines.append(f"- Data version: `{result.version}`; git commit `{result.commit or '-'}`")
+    for version, m in result.live.items():
+        lines.append(f"- Live accuracy of version {version}: {m['accuracy']:.4f} on {m['n']} rows")
+    lines.append(f"- Retrain: {reason or 'no threshold crossed'}")
+    if triggered:
+        lines.append(f"- Triggered: {triggered}")
+    return "\n".join(lines)
+
+
+@flow(name="ingest_feedback", log_prints=True)
+def ingest_feedback_flow(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    trigger_retrain: bool = True,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Ingest new feedback into the labeled data; retrain when a threshold is crossed.
+
+    ``limit`` caps the feedback rows taken in one run; ``trigger_retrain``
+    false only reports whether a retrain is due.
+    """
+    logger = get_run_logger()
+    params = load_params(params_path, profile)
+    result = ingest_task(params, limit)
+    if result.live:
+        live_task(params, result.live)
+    with FeedbackStore.from_params(params) as store:
+        pending = labels_since_retrain(params, store)
+        reason = retrain_reason(params, pending, result.live)
+        triggered = None
+        if reason and trigger_retrain:
+            triggered = trigger_task(params_path, profile, reason)
+            # Whatever the retrain's outcome, these labels were in its data.
+            store.set_watermark(RETRAIN_MARK, watermark(store))
+    logger.info(
+        "feedback read %d, new labels %d, pending for retrain %d: %s",
+        result.read,
+        result.new_labels,
+        pending,
+        reason or "no retrain due",
+    )
+    create_markdown_artifact(
+        markdown=_summary(result, reason, triggered),
+        key="ingest-feedback-summary",
+        description="Feedback ingestion summary",
+    )
+    return {
+        "read": result.read,
+        "already_in_data": result.already_in_data,
+        "added": result.summary.added if result.summary else 0,
+        "corrected": result.summary.corrected if result.summary else 0,
+        "quarantined": result.summary.quarantined if result.summary else 0,
+        "watermark": result.watermark_after,
+        "version": result.version,
+        "commit": result.commit,
+        "live": result.live,
+        "pending_labels": pending,
+        "retrain_reason": reason,
+        "retrain": triggered,
+    }
