@@ -379,6 +379,80 @@ def retrain(
     out.print(f"gate: {r['decision']}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve the champion over HTTP (OpenAPI docs at /docs); follows the alias when it moves.
+
+    Write endpoints (/feedback, /admin/reload) need the token from the
+    environment variable named by serve.token_env (SLMOPS_API_TOKEN).
+    """
+    from serving.app import run
+
+    run(_params(params), host=host, port=port)
+
+
+@app.command("export-review")
+def export_review(
+    dest: Annotated[
+        Path, typer.Argument(metavar="OUT", help="File to write (Label Studio JSON, or CSV).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="label-studio (import file) or csv.")
+    ] = "label-studio",
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many (serve.review_limit).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write the review queue (least confident predictions without feedback) for labeling.
+
+    Import the file into Label Studio; its export comes back with
+    `slmops import-labels` (or the pending folder of the retrain flow).
+    """
+    from tasks.review_export import export_review as write_review
+
+    if fmt not in ("label-studio", "csv"):
+        raise _fail(f"--format {fmt!r}: expected label-studio or csv")
+    n = write_review(_params(params), dest, limit=limit, fmt=fmt)  # type: ignore[arg-type]
+    out.print(f"{n} prediction(s) to review → {dest}")
+
+
+@app.command("ingest-feedback")
+def ingest_feedback(
+    no_retrain: Annotated[
+        bool, typer.Option("--no-retrain", help="Only report whether a retrain is due.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many feedback rows.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the Prefect flow `ingest_feedback`: feedback → labeled data (new DVC version) → retrain
+    when a threshold is crossed."""
+    from flows.ingest_feedback import ingest_feedback_flow
+
+    try:
+        r = ingest_feedback_flow(
+            params_path=str(params), trigger_retrain=not no_retrain, limit=limit
+        )
+    except Exception as exc:
+        raise _fail(f"flow ingest_feedback failed: {exc}") from None
+    out.print(
+        f"feedback read {r['read']}: {r['added']} added, {r['corrected']} corrected, "
+        f"{r['quarantined']} quarantined; watermark {r['watermark']}"
+    )
+    for version, m in r["live"].items():
+        out.print(f"live accuracy of version {version}: {m['accuracy']:.4f} on {m['n']} rows")
+    if r["version"]:
+        out.print(f"data version {r['version']} (commit {r['commit'] or '-'})")
+    out.print(
+        f"retrain: {r['retrain_reason'] or 'not due'}"
+        + (f" → {r['retrain']}" if r["retrain"] else "")
+    )
+
+
 EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")
 
 
