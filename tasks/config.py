@@ -232,7 +232,7 @@ class GateConfig(_Strict):
     """Promotion rules: a challenger replaces the champion only if every rule holds."""
 
     min_macro_f1_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
-    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
+    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.20
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
     min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
     significance: SignificanceTest = SignificanceTest.mcnemar
