@@ -456,6 +456,18 @@ def ingest_feedback(
 EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")
 
 
+@app.command("demo-loop")
+def demo_loop(
+    port: Annotated[int | None, typer.Option(help="Service port (default: a free one).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """The loop closing, after `slmops demo`: serve the champion, send corrections, ingest
+    them as a new data version, retrain, promote or refuse, serve the champion after."""
+    from slmops.loop_demo import run as run_loop_demo
+
+    run_loop_demo(params, out, port=port)
+
+
 @app.command()
 def demo(
     profile: ProfileOpt = None,

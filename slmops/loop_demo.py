@@ -1,0 +1,136 @@
+"""`slmops demo-loop`: the loop closing, on the shipped data, in one command.
+
+Serve the champion → send the example texts and correct its answers →
+ingest the feedback (a new data version, committed) → retrain because the
+threshold was crossed → promote or refuse → the service answers with whichever
+model is champion afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from tasks.config import load_params, with_overrides
+from tasks.errors import DataError
+
+EXAMPLES = Path("data/examples/feedback_demo.csv")
+PROFILE = "loop-demo"  # params.yaml profile: a retrain threshold the example batch crosses
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _service(params, port: int) -> Iterator[str]:
+    """The prediction service on 127.0.0.1:port in a background thread, until exit."""
+    import httpx
+    import uvicorn
+
+    from serving.app import create_app
+
+    app = create_app(params)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="slmops-demo-service", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the service did not become healthy at {url}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def run(params_path: Path, out: Console, port: int | None = None) -> None:
+    """Run the loop demo against the project at ``params_path`` (see module doc)."""
+    import httpx
+
+    from flows.ingest_feedback import ingest_feedback_flow
+    from tasks.promotion import CHAMPION, alias_version, client
+
+    params = load_params(params_path, PROFILE)
+    name = params.registry.model_name
+    before = alias_version(client(params), name, CHAMPION)
+    if before is None:
+        raise DataError(f"{name} has no champion yet: run `make demo` (or `slmops demo`) first")
+    examples = pd.read_csv(params.path(EXAMPLES), dtype=str)
+    token_env = params.serve.token_env
+    # A throwaway token unless the user set one: the demo posts feedback itself.
+    os.environ.setdefault(token_env, secrets.token_urlsafe(24))
+    headers = {"Authorization": f"Bearer {os.environ[token_env]}"}
+    served = with_overrides(params, {"serve": {"poll_seconds": 2}}, "demo-loop")
+
+    with _service(served, port or _free_port()) as url:
+        model = httpx.get(f"{url}/model", timeout=10).json()
+        out.print(f"[bold]1. serving[/] {name} version {model['version']} at {url}")
+
+        answers = httpx.post(
+            f"{url}/predict", json={"texts": examples["text"].tolist()}, timeout=120
+        ).json()["predictions"]
+        wrong = 0
+        for answer, truth in zip(answers, examples["label"], strict=True):
+            wrong += answer["label"] != truth
+            r = httpx.post(
+                f"{url}/feedback",
+                json={"prediction_id": answer["prediction_id"], "label": truth, "user": "demo"},
+                headers=headers,
+                timeout=10,
+            )
+            r.raise_for_status()
+        out.print(
+            f"[bold]2. feedback[/]: {len(answers)} predictions, {wrong} corrected, "
+            f"{len(answers) - wrong} confirmed"
+        )
+
+        out.print("[bold]3. ingest_feedback[/] (retrains when the threshold is crossed) ...")
+        r = ingest_feedback_flow(params_path=str(params_path), profile=PROFILE)
+        out.print(
+            f"   {r['added']} added, {r['corrected']} corrected, {r['quarantined']} quarantined; "
+            f"data version {r['version']} (git commit {str(r['commit'] or '-')[:10]})"
+        )
+        for version, m in r["live"].items():
+            out.print(f"   live accuracy of version {version}: {m['accuracy']:.4f} on {m['n']}")
+        retrain = r["retrain"] or {}
+        out.print(f"[bold]4. retrain[/]: {r['retrain_reason'] or 'not due'}")
+        if retrain.get("mode") == "subflow":
+            verdict = "promoted" if retrain["promoted"] else "refused"
+            out.print(f"   version {retrain['version']} {verdict}: {retrain['decision']}")
+
+        after = alias_version(client(params), name, CHAMPION)
+        deadline = time.monotonic() + 30
+        while True:  # the service polls the alias every 2 s
+            model = httpx.get(f"{url}/model", timeout=10).json()
+            if str(model["version"]) == str(after) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        sample = examples["text"].iloc[0]
+        answer = httpx.post(f"{url}/predict", json={"text": sample}, timeout=30).json()
+        answer = answer["predictions"][0]
+        out.print(
+            f"[bold]5. serving[/] version {model['version']} (champion before: {before}, "
+            f"after: {after}); {sample!r} → {answer['label']} ({answer['confidence']:.2f})"
+        )
