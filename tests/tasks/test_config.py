@@ -11,7 +11,9 @@ def test_shipped_params_are_valid_and_match_the_defaults():
     # params.yaml spells out every default, so the file documents the defaults.
     assert shipped.model_dump(exclude={"profiles"}) == Params().model_dump(exclude={"profiles"})
     assert shipped.root == REPO
-    assert set(shipped.profiles) == {"full", "smoke"}
+    assert set(shipped.profiles) == {"full", "smoke", "loop-demo"}
+    for name in shipped.profiles:  # each shipped profile applies cleanly
+        load_params(REPO / "params.yaml", profile=name)
 
 
 def test_profiles_override_and_are_validated(tmp_path: Path):
