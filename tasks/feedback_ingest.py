@@ -151,7 +151,11 @@ def commit_data_version(params: Params, message: str) -> str | None:
     added = git("add", "--", rel)
     done = git("commit", "-q", "-m", message, "--", rel) if added.returncode == 0 else added
     if done.returncode != 0:
-        raise RuntimeError(f"git commit of {rel} failed: {done.stderr.strip() or done.stdout}")
+        raise RuntimeError(
+            f"git commit of {rel} failed: {done.stderr.strip() or done.stdout.strip()} "
+            "(the data version is recorded and pushed; fix git, e.g. user.name/user.email, and "
+            "re-run to commit it, or set feedback.git_commit: false)"
+        )
     return git("rev-parse", "HEAD").stdout.strip()
 
 
