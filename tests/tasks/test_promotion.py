@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tasks.metrics import classification_report
 
 from tasks import ledger
 from tasks.config import parse_params
+from tasks.metrics import classification_report
 from tasks.promotion import (
     CHAMPION,
     PREVIOUS,
