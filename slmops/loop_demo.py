@@ -10,59 +10,18 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 
+from serving.background import free_port, serve_in_thread
 from tasks.config import load_params, with_overrides
 from tasks.errors import DataError
 
 EXAMPLES = Path("data/examples/feedback_demo.csv")
 PROFILE = "loop-demo"  # params.yaml profile: a retrain threshold the example batch crosses
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _service(params, port: int) -> Iterator[str]:
-    """The prediction service on 127.0.0.1:port in a background thread, until exit."""
-    import httpx
-    import uvicorn
-
-    from serving.app import create_app
-
-    app = create_app(params)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="slmops-demo-service", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"the service did not become healthy at {url}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def run(params_path: Path, out: Console, port: int | None = None) -> None:
@@ -84,7 +43,7 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
     headers = {"Authorization": f"Bearer {os.environ[token_env]}"}
     served = with_overrides(params, {"serve": {"poll_seconds": 2}}, "demo-loop")
 
-    with _service(served, port or _free_port()) as url:
+    with serve_in_thread(served, port or free_port()) as url:
         model = httpx.get(f"{url}/model", timeout=10).json()
         out.print(f"[bold]1. serving[/] {name} version {model['version']} at {url}")
 
