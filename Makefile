@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint clean-state help
+.PHONY: setup browser demo demo-loop test lint services services-stop services-status deploy help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,13 @@ $(VENV)/.slmops-installed: pyproject.toml infra/setup.sh
 demo: setup  ## run the pipeline on the shipped BANKING77 data
 	$(BIN)/slmops demo
 
-test: setup  ## ruff + pytest (what CI runs)
+demo-loop: setup  ## after demo: serve, send feedback, ingest it, retrain, serve the new champion
+	$(BIN)/slmops demo-loop
+
+browser:  ## Debian's chromium for the browser tests (apt-get when root and missing)
+	./infra/setup-browser.sh
+
+test: setup browser  ## ruff + pytest (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -29,3 +35,15 @@ test: setup  ## ruff + pytest (what CI runs)
 lint: setup  ## fix lint and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+services: setup  ## start Prefect server + worker and MLflow server on 127.0.0.1 (.run/)
+	./infra/services.sh start
+
+services-stop:  ## stop the services started by `make services`
+	./infra/services.sh stop
+
+services-status:  ## which services are running
+	./infra/services.sh status
+
+deploy: setup  ## register the retrain (weekly) and ingest_feedback (hourly) deployments
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments

@@ -53,16 +53,21 @@ def write_params(root: Path, **overrides: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_project(tmp_path: Path) -> Path:
+def build_tiny_project(root: Path) -> Path:
     """A project root with a tiny seed, built labeled data and test split (no DVC)."""
     from tasks.config import load_params
     from tasks.seed import build_from_seed
 
-    write_tiny_seed(tmp_path)
-    write_params(tmp_path)
-    build_from_seed(load_params(tmp_path / "params.yaml"))
-    return tmp_path
+    write_tiny_seed(root)
+    write_params(root)
+    build_from_seed(load_params(root / "params.yaml"))
+    return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A project root with a tiny seed, built labeled data and test split (no DVC)."""
+    return build_tiny_project(tmp_path)
 
 
 @pytest.fixture
@@ -113,3 +118,35 @@ def copy_fixture(name: str, dest: Path) -> Path:
     """Copy a file from tests/fixtures into ``dest`` and return its new path."""
     dest.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(FIXTURES / name, dest / Path(name).name))
+
+
+def training_project(root: Path, **sections: dict) -> Path:
+    """The tiny project under git + DVC (data tracked, all committed), training a tiny
+    random BERT with low gate floors; ``sections`` update sections of its params.yaml."""
+    from tasks.config import load_params
+    from tasks.versioning import track
+    from tests.tasks.tiny_model import make_tiny_model
+
+    build_tiny_project(root)
+    dvc_project(root)
+    params = load_params(root / "params.yaml")
+    track([params.path(params.data.labeled_dir), params.path(params.data.test_dir)], root, False)
+    base = make_tiny_model(root / "tiny-base")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["split"] = {"val_fraction": 0.25, "seed": 13}
+    raw["train"] = {
+        "base_model": str(base),
+        "epochs": 3,
+        "learning_rate": 3e-3,
+        "batch_size": 8,
+        "early_stopping_patience": 0,
+    }
+    raw["evaluate"] = {"latency_samples": 5}
+    raw["gate"] = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "significance": "none"}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
+        proc = run(cmd, root, env=GIT_IDENTITY)
+        assert proc.returncode == 0, proc.stderr
+    return root

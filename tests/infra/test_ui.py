@@ -1,0 +1,115 @@
+"""The UIs, as a person uses them: Run → Quick run on the ``retrain/weekly`` deployment
+page of the Prefect UI, then the ``champion`` alias on the model's page of the MLflow
+UI. Headless Debian Chromium (``/usr/bin/chromium``, installed by
+``infra/setup-browser.sh``) driven by Playwright; no browser download."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.infra.conftest import Stack, deployment_runs, wait_for_final_state
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path(os.environ.get("SLMOPS_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # root in CI containers
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UI_TIMEOUT_MS = 60_000
+
+
+def ensure_chromium() -> Path:
+    """/usr/bin/chromium, installed by infra/setup-browser.sh when missing (as root)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        setup = subprocess.run(
+            [str(REPO / "infra" / "setup-browser.sh")],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if setup.returncode != 0 or not os.access(CHROMIUM, os.X_OK):
+            pytest.fail(
+                f"the browser tests need Chromium at {CHROMIUM} and infra/setup-browser.sh "
+                f"could not provide it (exit {setup.returncode}):\n{setup.stdout}{setup.stderr}\n"
+                "Install it (as root: apt-get install -y chromium), or point SLMOPS_CHROMIUM "
+                "at a Chromium binary.",
+                pytrace=False,
+            )
+    return CHROMIUM
+
+
+@pytest.fixture
+def page(tmp_path) -> Iterator:
+    """A page of a fresh headless Chromium profile; a screenshot is left in tmp_path."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "the browser tests need Python playwright: pip install -e '.[dev]'", pytrace=False
+        )
+    chromium = ensure_chromium()
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path / "chromium-profile"),
+            executable_path=str(chromium),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = context.pages[0] if context.pages else context.new_page()
+        try:
+            yield page
+        finally:
+            page.screenshot(path=str(tmp_path / "last-page.png"))
+            context.close()
+
+
+def test_quick_run_in_prefect_ui_then_champion_in_mlflow_ui(stack: Stack, page):
+    from mlflow import MlflowClient
+    from playwright.sync_api import expect
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/weekly")
+    before = {r.id for r in deployment_runs("retrain/weekly")}
+
+    # Prefect UI: the deployment page, Run → Quick run (the deployment's parameters:
+    # the tiny project's params.yaml).
+    page.goto(f"{stack.prefect_ui}/deployments/deployment/{deployment.id}")
+    expect(page.get_by_text("weekly").first).to_be_visible()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Quick run", exact=True).click()
+
+    deadline = time.monotonic() + 30
+    while not (new := [r for r in deployment_runs("retrain/weekly") if r.id not in before]):
+        assert time.monotonic() < deadline, "pressing Quick run created no flow run"
+        time.sleep(1)
+    assert len(new) == 1
+    run = wait_for_final_state(stack, new[0].id)
+    assert run.parameters["params_path"] == str(stack.project / "params.yaml")
+
+    # MLflow UI: the registered model's page shows the champion alias on its version.
+    mlflow = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    name = "slmops-intent"
+    champion = mlflow.get_model_version_by_alias(name, "champion").version
+    page.goto(f"{stack.mlflow_uri}/#/models/{name}")
+    # MLflow's page never reaches network-idle: wait for the text.
+    expect(page.get_by_text("champion").first).to_be_visible()
+    row = page.get_by_role("row").filter(has_text=f"Version {champion}")
+    expect(row).to_contain_text("champion")
