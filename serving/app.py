@@ -7,6 +7,7 @@ Endpoints (OpenAPI at ``/docs``):
 - ``POST /feedback`` (token): a reviewer's label for a prediction.
 - ``GET /review``: the least confident predictions nobody has reviewed.
 - ``GET /health``, ``GET /model``: what is served, and whether reloads work.
+- ``GET /stats``: what the micro-batcher did (batch sizes, rejections).
 - ``POST /admin/reload`` (token): look at the ``champion`` alias now.
 
 Hot swap: a background thread polls the alias. When it moves, the new
@@ -14,6 +15,11 @@ version is downloaded and loaded completely, then one reference is replaced.
 A request reads that reference once, so requests already running finish on
 the model they started with and none fails during a swap. When loading fails,
 the old model keeps serving and ``/health`` says ``degraded`` with the error.
+
+Micro-batching (``serve.batching``, :mod:`serving.batcher`): concurrent
+requests share one model call and one feedback-store transaction. A batch
+reads the served model once, so it runs entirely on one version, and every
+prediction reports the version that computed it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, s
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.batcher import BatcherClosed, BatchStats, MicroBatcher, QueueFull
 from serving.model_source import LoadedModel, ModelSource, NoChampion, RegistrySource
 from tasks.config import Params
 from tasks.feedback_store import (
@@ -62,6 +70,8 @@ MAX_REVIEW_ROWS = 1000
 # before they are read.
 JSON_BYTES_PER_CHAR = 12
 BODY_OVERHEAD_BYTES = 64 * 1024
+# Retry-After (seconds) on a 503 for a full batching queue: it drains in milliseconds.
+QUEUE_FULL_RETRY_AFTER = "1"
 
 HealthStatus = Literal["ok", "degraded", "loading"]
 
@@ -248,6 +258,34 @@ class UnknownLabelResponse(ErrorResponse):
     valid_labels: list[str]
 
 
+class BatchingStats(BaseModel):
+    """What the micro-batcher did since the service started (zeros when batching is off)."""
+
+    enabled: bool
+    max_batch: int = Field(description="Texts per model call (serve.batching.max_batch).")
+    max_wait_ms: float
+    queue_size: int
+    queue_depth: int = Field(description="Requests waiting for the model right now.")
+    requests: int = Field(description="Requests answered through a batch.")
+    texts: int
+    batches: int = Field(description="Model calls.")
+    failed_batches: int
+    rejected: int = Field(description="Requests refused with 503 because the queue was full.")
+    mean_batch_requests: float
+    mean_batch_texts: float
+    max_batch_requests: int
+    max_batch_texts: int
+    batch_requests: dict[str, int] = Field(
+        description="Batch size in requests -> number of batches of that size."
+    )
+
+
+class StatsResponse(BaseModel):
+    """Service counters."""
+
+    batching: BatchingStats
+
+
 # -- the served model and its reloads ---------------------------------------------------
 
 
@@ -372,6 +410,17 @@ def _top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]
     return [{"label": labels[i], "score": float(probs[i])} for i in order]
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """One request's predictions before they are logged (the model's part of a batch)."""
+
+    rows: list[NewPrediction]
+
+
+class StoreUnavailable(RuntimeError):
+    """The feedback store refused a batch of predictions (answered 503)."""
+
+
 def _review_item(p: PredictionRecord) -> ReviewItem:
     return ReviewItem(
         prediction_id=p.id,
@@ -407,6 +456,37 @@ def _check_texts(texts: list[str], params: Params) -> None:
             )
 
 
+ANNOUNCED = "slmops_announced"  # request.state flag: counted as arriving at the batcher
+
+
+class AnnounceArrivals:
+    """Tell the batcher a ``POST /predict`` is arriving, before its body is read.
+
+    The batcher waits for more requests only when some are on their way, so a
+    lone request on an idle service is answered without waiting. Pure ASGI (no
+    BaseHTTPMiddleware): it runs on every prediction and must cost nothing.
+    """
+
+    def __init__(self, app: ASGIApp, batcher: MicroBatcher[Any, Any]) -> None:
+        self.app = app
+        self.batcher = batcher
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count the request as arriving until the endpoint queues it (or it ends)."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state[ANNOUNCED] = True
+        self.batcher.announce()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if state.get(ANNOUNCED):  # never queued (invalid, unauthorised, no model)
+                state[ANNOUNCED] = False
+                self.batcher.withdraw()
+
+
 # Module level: FastAPI resolves the string annotations of the endpoint functions
 # defined inside create_app against this module's globals.
 _bearer = HTTPBearer(
@@ -438,6 +518,80 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     inference_limiter = anyio.CapacityLimiter(1)
     max_body = serve.max_batch * serve.max_text_chars * JSON_BYTES_PER_CHAR + BODY_OVERHEAD_BYTES
 
+    def served() -> LoadedModel:
+        loaded = holder.current
+        if loaded is None:
+            why = holder.last_error or "the model is still loading"
+            raise HTTPException(503, f"no model loaded yet: {why}")
+        return loaded
+
+    def compute(requests: list[list[str]]) -> list[_Scored]:
+        """The model's part, for one request or a batch of them (runs in a thread)."""
+        # Read the reference once: the whole batch runs on one version, and a swap
+        # during it does not affect it.
+        loaded = served()
+        flat = [text for texts in requests for text in texts]
+        probs = loaded.predictor.predict_proba(flat)
+        labels = loaded.labels
+        k = min(serve.top_k, len(labels))
+        rows = []
+        for text, p in zip(flat, probs, strict=True):
+            top = _top_k(p, labels, k)
+            rows.append(
+                NewPrediction(
+                    text=text,
+                    label=top[0]["label"],
+                    confidence=top[0]["score"],
+                    top_k=top,
+                    model_name=loaded.name,
+                    model_version=loaded.version,
+                )
+            )
+        out, start = [], 0
+        for texts in requests:
+            out.append(_Scored(rows[start : start + len(texts)]))
+            start += len(texts)
+        return out
+
+    def finish(scored: list[_Scored]) -> list[PredictResponse]:
+        """Log every prediction of the batch in one transaction; the answers per request."""
+        rows = [row for s in scored for row in s.rows]
+        try:
+            ids = store.log_predictions(rows)
+        except Exception as exc:
+            # An answer whose id was not stored could never receive feedback.
+            log.exception("feedback store write failed")
+            raise StoreUnavailable(f"feedback store unavailable: {type(exc).__name__}") from exc
+        answers, it = [], iter(zip(ids, rows, strict=True))
+        for s in scored:
+            answers.append(
+                PredictResponse(
+                    predictions=[
+                        Prediction(
+                            prediction_id=pid,
+                            label=row.label,
+                            confidence=row.confidence,
+                            top_k=[LabelScore(**x) for x in row.top_k],
+                            model_name=row.model_name,
+                            model_version=row.model_version,
+                        )
+                        for pid, row in (next(it) for _ in s.rows)
+                    ]
+                )
+            )
+        return answers
+
+    batching = serve.batching
+    batcher: MicroBatcher[_Scored, PredictResponse] | None = None
+    if batching.enabled:
+        batcher = MicroBatcher(
+            compute,
+            finish,
+            max_batch=batching.max_batch,
+            max_wait_ms=batching.max_wait_ms,
+            queue_size=batching.queue_size,
+        )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
@@ -448,9 +602,13 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
             daemon=True,  # a load stuck on the network must not keep the process alive
         )
         poller.start()
+        if batcher is not None:
+            batcher.start()
         try:
             yield
         finally:
+            if batcher is not None:
+                await batcher.stop()
             stop.set()
             await anyio.to_thread.run_sync(poller.join, POLLER_JOIN_SECONDS)
             if poller.is_alive():
@@ -466,6 +624,9 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     )
     app.state.holder = holder
     app.state.store = store
+    app.state.batcher = batcher
+    if batcher is not None:
+        app.add_middleware(AnnounceArrivals, batcher=batcher)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -505,13 +666,6 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         if serve.protect_reads:
             require_token(credentials)
 
-    def served() -> LoadedModel:
-        loaded = holder.current
-        if loaded is None:
-            why = holder.last_error or "the model is still loading"
-            raise HTTPException(503, f"no model loaded yet: {why}")
-        return loaded
-
     @app.post(
         "/predict",
         response_model=PredictResponse,
@@ -523,48 +677,35 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         },
         summary="Classify one text or a batch",
     )
-    async def predict(body: PredictRequest) -> PredictResponse:
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         texts = body.all_texts()
         _check_texts(texts, params)
-        # Read the reference once: a swap during this request does not affect it.
-        loaded = served()
-        probs = await anyio.to_thread.run_sync(
-            loaded.predictor.predict_proba, texts, limiter=inference_limiter
-        )
-        labels = loaded.labels
-        k = min(serve.top_k, len(labels))
-        rows = []
-        for text, p in zip(texts, probs, strict=True):
-            top = _top_k(p, labels, k)
-            rows.append(
-                NewPrediction(
-                    text=text,
-                    label=top[0]["label"],
-                    confidence=top[0]["score"],
-                    top_k=top,
-                    model_name=loaded.name,
-                    model_version=loaded.version,
-                )
-            )
+        served()  # no model: 503 now, without queueing
         try:
-            ids = await anyio.to_thread.run_sync(store.log_predictions, rows)
+            if batcher is not None:
+                if getattr(request.state, ANNOUNCED, False):
+                    setattr(request.state, ANNOUNCED, False)
+                    batcher.withdraw()  # it is about to be queued, no longer "arriving"
+                return await batcher.submit(texts)
+            scored = await anyio.to_thread.run_sync(compute, [texts], limiter=inference_limiter)
+            return (await anyio.to_thread.run_sync(finish, scored))[0]
+        except HTTPException as exc:
+            # A batch shares one exception object among its requests: raise a copy.
+            raise HTTPException(exc.status_code, exc.detail, headers=exc.headers) from None
+        except QueueFull as exc:
+            raise HTTPException(
+                503, str(exc), headers={"Retry-After": QUEUE_FULL_RETRY_AFTER}
+            ) from None
+        except (StoreUnavailable, BatcherClosed) as exc:
+            raise HTTPException(503, str(exc)) from None
         except Exception as exc:
-            # An answer whose id was not stored could never receive feedback.
-            log.exception("feedback store write failed")
-            raise HTTPException(503, f"feedback store unavailable: {type(exc).__name__}") from exc
-        return PredictResponse(
-            predictions=[
-                Prediction(
-                    prediction_id=pid,
-                    label=row.label,
-                    confidence=row.confidence,
-                    top_k=[LabelScore(**x) for x in row.top_k],
-                    model_name=row.model_name,
-                    model_version=row.model_version,
-                )
-                for pid, row in zip(ids, rows, strict=True)
-            ]
-        )
+            if batcher is None:  # the batcher logs its failed batches itself
+                log.exception("prediction failed")
+            raise HTTPException(
+                500,
+                f"the model failed on the batch holding this request ({type(exc).__name__}); "
+                "the service log has the details, and later requests are not affected",
+            ) from None
 
     @app.post(
         "/feedback",
@@ -642,6 +783,26 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         # 503 without a model, so a load balancer sends no traffic here yet.
         code = 200 if loaded is not None else 503
         return JSONResponse(body.model_dump(mode="json"), status_code=code)
+
+    @app.get(
+        "/stats",
+        response_model=StatsResponse,
+        dependencies=[Depends(require_read)],
+        responses=AUTH_RESPONSES,
+        summary="Micro-batching counters",
+    )
+    def stats() -> StatsResponse:
+        counters = (batcher.stats if batcher is not None else BatchStats()).as_dict()
+        return StatsResponse(
+            batching=BatchingStats(
+                enabled=batcher is not None,
+                max_batch=batching.max_batch,
+                max_wait_ms=batching.max_wait_ms,
+                queue_size=batching.queue_size,
+                queue_depth=batcher.queue_depth() if batcher is not None else 0,
+                **counters,
+            )
+        )
 
     @app.get(
         "/model",

@@ -240,6 +240,31 @@ class GateConfig(_Strict):
     bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
 
 
+class BatchingConfig(_Strict):
+    """Dynamic micro-batching of ``/predict`` requests (``serving/batcher.py``)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="coalesce concurrent requests into one model call (false: one call per "
+        "request, as before)",
+    )
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=32,
+        description="texts per model call; a request's texts are never split, and a request "
+        "with more texts than this runs alone",
+    )
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=2.0,
+        description="how long the first request of a batch may wait for others; only waited "
+        "when more are arriving or the service is under concurrent load (an idle service "
+        "answers at once)",
+    )
+    queue_size: Annotated[int, Field(ge=1)] = Field(
+        default=256,
+        description="requests waiting for the model at most; beyond, 503 with Retry-After",
+    )
+
+
 class ServeConfig(_Strict):
     """The prediction service (``serving/``)."""
 
@@ -261,6 +286,9 @@ class ServeConfig(_Strict):
     )
     model_cache_dir: str = Field(
         default="models/serving", description="where registry versions are downloaded"
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="dynamic micro-batching of /predict"
     )
 
 
