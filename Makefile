@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser demo demo-loop test lint services services-stop services-status deploy help
+.PHONY: setup browser demo demo-loop test lint bench bench-quick services services-stop services-status deploy help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ test: setup browser  ## ruff + pytest (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# `make bench QUICK=1` is `make bench-quick` (make itself cannot take `--quick`).
+bench: setup  ## run the benchmarks; writes benchmarks/results/*.json and benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
+
+bench-quick: setup  ## the benchmarks on subsets (under 10 minutes); results in benchmarks/results/quick/
+	$(BIN)/python -m benchmarks --quick
 
 lint: setup  ## fix lint and formatting
 	$(BIN)/ruff check --fix .
