@@ -48,6 +48,7 @@ _MIN_METADATA_KEYS = frozenset(
 _CSV_SUFFIXES = (".csv", ".tsv")
 _JSON_SUFFIXES = (".json",)
 _UTF8_BOM = codecs.BOM_UTF8
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare by
@@ -85,12 +86,24 @@ def _read_text(path: Path, encoding: str) -> str:
     offset = 0
     if codec in ("utf-8-sig", "utf-8") and raw.startswith(_UTF8_BOM):
         raw, offset, codec = raw[len(_UTF8_BOM) :], len(_UTF8_BOM), "utf-8"
+    elif codec in ("utf-8-sig", "utf-8") and raw.startswith(_UTF16_BOMS):
+        # Spreadsheets save "Unicode text" as UTF-16 with a BOM: the BOM makes it
+        # unambiguous, so read it rather than report every byte as invalid UTF-8.
+        codec = "utf-16"
     if not raw.strip():
         raise DataError(f"{path}: file is empty")
+    nul = raw.find(b"\x00") if codec.startswith("utf-8") else -1
+    if nul >= 0:
+        # NUL bytes decode as valid UTF-8, so without this the error would be a
+        # baffling "missing column 't e x t'": UTF-16 without a BOM looks like this.
+        raise DataError(
+            f"{path}: NUL byte at byte {nul + offset}: not UTF-8 text "
+            "(UTF-16 without a byte order mark?); save the file as UTF-8"
+        )
     try:
         return raw.decode(codec)
     except UnicodeDecodeError as exc:
-        name = "UTF-8" if codec.startswith("utf-8") else encoding
+        name = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "utf-16": "UTF-16"}.get(codec, encoding)
         raise DataError(
             f"{path}: not valid {name} text ({exc.reason} at byte {exc.start + offset})"
         ) from None
@@ -473,7 +486,16 @@ def _read_label_studio_min(
             annotator = f"annotation-{item['annotation_id']}"
         else:
             annotator = f"item-{i}"
-        tasks.setdefault(source_id, []).append((text, labels, annotator))
+        entries = tasks.setdefault(source_id, [])
+        if entries and entries[0][0] != text:
+            # One object per annotation: objects of one task share its id and text. Two
+            # texts under one id would pool their votes under the first text.
+            first = next(j for j, other in enumerate(data) if _source_id(other, j) == source_id)
+            raise DataError(
+                f"{path}: {where}: id {source_id} is also the id of the element at index "
+                f"{first}, with a different text; ids must identify one task"
+            )
+        entries.append((text, labels, annotator))
 
     rows = _Rows()
     for source_id, entries in tasks.items():
@@ -518,6 +540,11 @@ def _read_csv(path: Path, cfg: ImportConfig) -> tuple[pd.DataFrame, pd.DataFrame
     delimiter = "\t" if path.suffix.lower() == ".tsv" and opts.delimiter == "," else opts.delimiter
     # The csv module rather than pandas: it gives the line each record starts on, even
     # with quoted line breaks, and never turns a label such as "NA" into a missing value.
+    # The csv module refuses fields over 128 KiB as "malformed"; the whole file is in
+    # memory already, so let a long text through to the gate, which quarantines it
+    # for its length like any other too-long text.
+    if len(text) > csv.field_size_limit():
+        csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
