@@ -456,6 +456,37 @@ def _check_texts(texts: list[str], params: Params) -> None:
             )
 
 
+class LimitBody:
+    """Refuse a request whose declared body exceeds ``max_body`` bytes, before reading it.
+
+    Pure ASGI rather than ``@app.middleware("http")``: Starlette's
+    BaseHTTPMiddleware adds a task group and memory streams to every request.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 413 from the ``content-length`` header, else pass the request on."""
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"content-length":
+                    if value.isdigit() and int(value) > self.max_body:
+                        length = value.decode()
+                        response = JSONResponse(
+                            {
+                                "detail": f"request body of {length} bytes; the limit is "
+                                f"{self.max_body}"
+                            },
+                            status_code=413,
+                        )
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
 ANNOUNCED = "slmops_announced"  # request.state flag: counted as arriving at the batcher
 
 
@@ -628,18 +659,12 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     if batcher is not None:
         app.add_middleware(AnnounceArrivals, batcher=batcher)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        # Refuse oversized bodies from their declared length, before reading them.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes; the limit is {max_body}"},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(LimitBody, max_body=max_body)
 
-    def require_token(
+    # The dependencies are `async def` although they never await: FastAPI runs a
+    # plain `def` dependency on a worker thread, one thread hop per request for
+    # nothing (they only compare strings; the token file is a few bytes).
+    async def require_token(
         credentials: BearerCredentials,
     ) -> None:
         expected = configured_token(params)
@@ -660,11 +685,11 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
 
-    def require_read(
+    async def require_read(
         credentials: BearerCredentials,
     ) -> None:
         if serve.protect_reads:
-            require_token(credentials)
+            await require_token(credentials)
 
     @app.post(
         "/predict",
@@ -770,7 +795,8 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         responses={503: {"model": HealthResponse, "description": "No model loaded."}},
         summary="Liveness and readiness",
     )
-    def health() -> Any:
+    async def health() -> Any:
+        # async: a plain def would cost every health probe a worker-thread hop.
         loaded = holder.current
         body = HealthResponse(
             status=holder.status,
@@ -791,7 +817,7 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         responses=AUTH_RESPONSES,
         summary="Micro-batching counters",
     )
-    def stats() -> StatsResponse:
+    async def stats() -> StatsResponse:
         counters = (batcher.stats if batcher is not None else BatchStats()).as_dict()
         return StatsResponse(
             batching=BatchingStats(
@@ -811,7 +837,7 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         responses=AUTH_RESPONSES,
         summary="The served model version",
     )
-    def model() -> ModelResponse:
+    async def model() -> ModelResponse:
         loaded = served()
         return ModelResponse(
             name=loaded.name,
@@ -860,8 +886,18 @@ SERVING_MLFLOW_HTTP = {
 }
 
 
-def run(params: Params, *, host: str | None = None, port: int | None = None) -> None:
-    """Serve ``create_app(params)`` with uvicorn on ``serve.host:serve.port`` (or the overrides)."""
+def run(
+    params: Params,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    model_loader: ModelSource | None = None,
+) -> None:
+    """Serve ``create_app(params)`` with uvicorn on ``serve.host:serve.port`` (or the overrides).
+
+    ``model_loader`` replaces the registry as the source of models (the service
+    benchmark serves a model folder through it).
+    """
     import uvicorn
 
     host = host or params.serve.host
@@ -880,4 +916,6 @@ def run(params: Params, *, host: str | None = None, port: int | None = None) -> 
             "answer 503",
             params.serve.token_env,
         )
-    uvicorn.run(create_app(params), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(params, model_loader=model_loader), host=host, port=port, log_level="info"
+    )
