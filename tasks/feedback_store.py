@@ -222,6 +222,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers (the review queue, ingestion) run while the service
         # writes; busy_timeout turns lock contention into a short wait.
         cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL syncs at checkpoints instead of every commit: a commit
+        # costs about 0.5 ms instead of 5 ms (an fsync) on the reference machine, and
+        # the service commits on every /predict. An application crash loses nothing;
+        # only an OS crash or power cut can roll back the last commits (never corrupt).
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # SQLite ignores foreign keys unless asked, per connection.
         cursor.execute("PRAGMA foreign_keys=ON")

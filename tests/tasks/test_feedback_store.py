@@ -46,6 +46,7 @@ def test_relative_sqlite_path_is_under_the_project_in_wal_mode(params, store, tm
     assert resolve_url("sqlite:///data/feedback/feedback.db", tmp_path).database == str(db)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     tables = set(sa.inspect(store.engine).get_table_names())
