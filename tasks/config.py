@@ -7,6 +7,7 @@ of a silently ignored setting.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,38 @@ from pydantic import (
 )
 
 DEFAULT_PARAMS = "params.yaml"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys, so a section pasted twice
+    would drop the first one's settings without a word.
+    """
+
+
+def _mapping_without_duplicates(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            continue  # construct_mapping reports unhashable keys itself
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first given on line {first_line[key]})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
 
 
 class ConfigError(ValueError):
@@ -265,6 +298,98 @@ class BatchingConfig(_Strict):
     )
 
 
+class ServeFormat(StrEnum):
+    """The format a model version is served in (``serve.format``).
+
+    ``auto`` is the one chosen when the version was exported at promotion: the
+    fastest whose test accuracy is within ``export.max_accuracy_drop`` of torch fp32
+    (see ``tasks/export.py``).
+    """
+
+    auto = "auto"
+    torch = "torch"  # the fine-tuned safetensors weights (fp32 on a CPU; train.precision)
+    torch_bf16 = "torch-bf16"  # the same weights under bf16 autocast
+    torch_int8 = "torch-int8"  # nn.Linear dynamically quantized to int8 when loaded (no file)
+    onnx = "onnx"  # ONNX Runtime, fp32
+    onnx_int8 = "onnx-int8"  # ONNX Runtime, dynamic int8 weights (QInt8)
+
+
+# What `export.formats` may list: torch fp32 is the reference, always measured.
+EXPORTABLE = (
+    ServeFormat.onnx,
+    ServeFormat.onnx_int8,
+    ServeFormat.torch_int8,
+    ServeFormat.torch_bf16,
+)
+
+
+class ExportConfig(_Strict):
+    """Serving formats made at promotion, each checked on the test split (tasks/export.py)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="export the promoted version's formats at promotion (a failure is logged and "
+        "tagged; the promotion stands and the service serves torch fp32)",
+    )
+    formats: list[ServeFormat] = Field(
+        default=[ServeFormat.onnx, ServeFormat.onnx_int8, ServeFormat.torch_int8],
+        description="formats to make and check besides torch fp32 (the reference)",
+    )
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.005,
+        description="a format is eligible for serve.format auto only if its test accuracy is at "
+        "most this far below torch fp32 (0.005: half a point)",
+    )
+    measure: bool = Field(
+        default=True,
+        description="time each format briefly at export (batch-1 latency, batch-32 throughput) "
+        "and choose the fastest; false: the first eligible format of `preference`",
+    )
+    measure_rounds: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3, description="interleaved timing rounds per format at export"
+    )
+    measure_texts: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=16, description="batch-1 predictions timed per format and round"
+    )
+    speed_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.10,
+        description="formats within this fraction of the fastest count as equally fast; "
+        "`preference` decides between them (timing noise must not flip the choice)",
+    )
+    preference: list[ServeFormat] = Field(
+        default=[
+            ServeFormat.onnx_int8,
+            ServeFormat.onnx,
+            ServeFormat.torch_int8,
+            ServeFormat.torch_bf16,
+            ServeFormat.torch,
+        ],
+        description="order among equally fast eligible formats (smallest, then fastest on the "
+        "reference machine, first; see benchmarks/bench_formats.py)",
+    )
+    opset: Annotated[int, Field(ge=17, le=23)] = Field(default=17, description="ONNX opset")
+    int8_op_types: list[str] = Field(
+        default=["MatMul", "Gather"],
+        description="ONNX op types quantized to int8 (MatMul: the linear layers; Gather: the "
+        "embedding tables, 91 → 23 MB; MatMul alone lost 0.46 pt on BANKING77, both 0.16)",
+    )
+    int8_per_channel: bool = Field(
+        default=False, description="per-channel int8 weight scales for ONNX (slower to quantize)"
+    )
+    num_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="threads for the export's checks (default: serve.num_threads)"
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _exportable(cls, value: list[ServeFormat]) -> list[ServeFormat]:
+        bad = [f.value for f in value if f not in EXPORTABLE]
+        if bad:
+            known = ", ".join(f.value for f in EXPORTABLE)
+            raise ValueError(f"cannot export {', '.join(bad)} (exportable: {known})")
+        return list(dict.fromkeys(value))
+
+
 class ServeConfig(_Strict):
     """The prediction service (``serving/``)."""
 
@@ -286,6 +411,16 @@ class ServeConfig(_Strict):
     )
     model_cache_dir: str = Field(
         default="models/serving", description="where registry versions are downloaded"
+    )
+    format: ServeFormat = Field(
+        default=ServeFormat.auto,
+        description="auto (the format chosen at export) | torch | torch-bf16 | torch-int8 | "
+        "onnx | onnx-int8; a version without it is served in torch fp32, with a warning",
+    )
+    num_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="CPU threads for inference, torch and ONNX Runtime alike "
+        "(default: train.num_threads, else all cores)",
     )
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="dynamic micro-batching of /predict"
@@ -337,6 +472,7 @@ class Params(_Strict):
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
     serve: ServeConfig = ServeConfig()
+    export: ExportConfig = ExportConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -408,10 +544,14 @@ def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a params file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
