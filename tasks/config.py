@@ -38,6 +38,8 @@ def _mapping_without_duplicates(
 ) -> dict[Any, Any]:
     first_line: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges a mapping; construct_mapping flattens it
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, Hashable):
             continue  # construct_mapping reports unhashable keys itself
