@@ -26,6 +26,13 @@ for _var, _value in {
 }.items():
     os.environ.setdefault(_var, _value)
 
+try:
+    # Newer typer ships its own copy of click: its usage errors are not click's classes,
+    # and main() must catch both to print a usage message instead of a traceback.
+    from typer._click.exceptions import ClickException as _VendoredClickException
+except ImportError:  # an older typer raises click's own exceptions
+    _VendoredClickException = click.ClickException
+
 app = typer.Typer(
     name="slmops",
     help=(
@@ -404,7 +411,7 @@ def export_review(
         str, typer.Option("--format", help="label-studio (import file) or csv.")
     ] = "label-studio",
     limit: Annotated[
-        int | None, typer.Option(help="At most this many (serve.review_limit).")
+        int | None, typer.Option(min=1, help="At most this many (serve.review_limit).")
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -510,10 +517,12 @@ def main() -> None:
         sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except (click.ClickException, _VendoredClickException) as exc:
+        # A usage error (missing argument, unknown option, bad value): the usage and
+        # the problem, exit 2, never a traceback.
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
     if isinstance(code, int) and code:

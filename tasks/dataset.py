@@ -81,6 +81,12 @@ def read_table(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS) -> 
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: malformed CSV: {exc}") from None
+    if any("\x00" in str(c) for c in df.columns):
+        # NUL bytes are valid UTF-8, so UTF-16 without a BOM reads as columns 't e x t'.
+        raise DataError(
+            f"{path}: NUL bytes in the header row: not UTF-8 text (UTF-16 without a "
+            "byte order mark?); save the file as UTF-8"
+        )
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
