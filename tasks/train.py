@@ -315,6 +315,24 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def _adamw(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel per parameter group on CPUs and CUDA GPUs.
+
+    On a CPU torch otherwise runs its for-loop implementation: a dozen passes
+    over every parameter tensor per step. MiniLM-L6 has 22.7M parameters, half
+    of them the word embeddings (whose gradient is dense), so that was about a
+    quarter of each training step on 2 CPU cores. Fused, it is one pass; the
+    update is the same (``Trainer``'s default optimizer is the fused one too).
+    """
+    return torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        fused=device.type in ("cpu", "cuda"),
+    )
+
+
 def _evaluate(
     model,
     encoded,
@@ -495,9 +513,7 @@ def _train(
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / dist.world)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_ratio * total_steps)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8
-    )
+    optimizer = _adamw(model, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
