@@ -35,7 +35,7 @@ def sqlite_rows(db: Path) -> dict[str, list[str]]:
     """
     if not db.exists():
         return {}
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as conn:
         tables = [
             name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
