@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.config import Params, Severity
@@ -160,9 +161,11 @@ def _frame(df: pd.DataFrame, label_set: list[str], test_texts: pd.Series | None)
         label = out["label"]
         blank = label.isna() | label.astype(str).str.strip().eq("")
         out["label"] = label.where(~blank, None)
-        # Per-row size of the row's class; unknown labels are label_in_set's business.
+        # Per-row size of the row's class; unknown labels are label_in_set's business
+        # (NaN here, which GX skips). float64, not Int64: GX compares a numpy column in
+        # one vectorised step but calls a Python function per value of an extension dtype.
         known = out["label"].where(out["label"].isin(label_set))
-        out["_label_count"] = known.map(known.value_counts()).astype("Int64")
+        out["_label_count"] = known.groupby(known).transform("size").astype("float64")
     return out
 
 
@@ -258,33 +261,45 @@ def _row_reasons(
 ) -> dict[int, str]:
     """A reason per failing row, naming what was wrong with it."""
     v = params.validation
-    by_row = frame.set_index(ROW)
-    reasons: dict[int, str] = {}
+    # Row r is at position r - 1 (``_frame`` numbers the rows of a fresh index), so the
+    # failing rows' values are taken in one step per column: looked up row by row they
+    # cost 3 s of the gate on 100k rows with 10% duplicates.
+    pos = np.asarray(rows, dtype=np.int64) - 1
+
+    def values(col: str) -> list[Any]:
+        return frame[col].to_numpy(dtype=object)[pos].tolist()
+
     if check in ("exact_duplicate", "near_duplicate"):
         key = "text" if check == "exact_duplicate" else "_norm"
-        first = by_row.loc[rows].reset_index().groupby(key, sort=False)[ROW].min()
-        for r in rows:
-            k = by_row.at[r, key]
-            exact_dup = (
-                check == "near_duplicate" and by_row.at[r, "text"] == by_row.at[first[k], "text"]
-            )
-            # The first occurrence stays; later ones are set aside (exact copies
-            # are already reported by exact_duplicate).
-            if first[k] != r and not exact_dup:
-                what = "duplicate" if check == "exact_duplicate" else "near-duplicate (case/space)"
-                reasons[r] = f"{what} of row {first[k]}"
-        return reasons
-    for r in rows:
-        text, label = by_row.at[r, "text"], by_row.at[r, "label"]
-        if check == "not_null":
-            reasons[r] = f"{column} is empty"
-        elif check == "text_length":
-            reasons[r] = f"text length {len(text)} outside [{v.text_min_chars}, {v.text_max_chars}]"
-        elif check == "label_in_set":
-            reasons[r] = f"label {label!r} is not in the label set"
-        elif check == "leakage":
-            reasons[r] = "text also appears in the test split (leakage)"
-    return reasons
+        keys = values(key)
+        first: dict[Any, int] = {}
+        for r, k in zip(rows, keys, strict=True):
+            first[k] = min(r, first.get(k, r))
+        firsts = [first[k] for k in keys]
+        texts = values("text") if check == "near_duplicate" else keys
+        first_text = frame["text"].to_numpy(dtype=object)[np.asarray(firsts, dtype=np.int64) - 1]
+        what = "duplicate" if check == "exact_duplicate" else "near-duplicate (case/space)"
+        # The first occurrence stays; later ones are set aside (exact copies
+        # are already reported by exact_duplicate).
+        return {
+            r: f"{what} of row {f}"
+            for r, f, t, ft in zip(rows, firsts, texts, first_text, strict=True)
+            if f != r and not (check == "near_duplicate" and t == ft)
+        }
+    if check == "not_null":
+        return {r: f"{column} is empty" for r in rows}
+    if check == "text_length":
+        bounds = f"[{v.text_min_chars}, {v.text_max_chars}]"
+        lengths = [len(t) for t in values("text")]
+        return {r: f"text length {n} outside {bounds}" for r, n in zip(rows, lengths, strict=True)}
+    if check == "label_in_set":
+        labels = values("label")
+        return {
+            r: f"label {x!r} is not in the label set" for r, x in zip(rows, labels, strict=True)
+        }
+    if check == "leakage":
+        return {r: "text also appears in the test split (leakage)" for r in rows}
+    return {}
 
 
 def validate_frame(
@@ -343,9 +358,11 @@ def validate_frame(
                 f"{params.validation.min_examples_per_class} examples: {listed}; "
             )
             continue
+        listed_rows = set(out.rows)  # a set: `in` on the list made thousands of rows O(n²)
         for r, why in _row_reasons(check, _column(res), rows, frame, params).items():
             reasons.setdefault(r, []).append((check, why))
-            if r not in out.rows:
+            if r not in listed_rows:
+                listed_rows.add(r)
                 out.rows.append(r)
 
     for out in outcomes.values():

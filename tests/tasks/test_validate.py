@@ -88,6 +88,15 @@ def test_schema_failure_names_the_missing_column():
     assert "missing column(s): label" in schema.message
 
 
+def test_without_a_label_column_bad_rows_are_still_named():
+    df = good()[["text"]]
+    df.loc[1, "text"] = "  "
+    result = validate_frame(df, params(), LABELS, TEST_TEXTS)
+    assert not outcome(result, "schema").success
+    assert outcome(result, "not_null").rows == [2]
+    assert result.quarantined["reason"].tolist() == ["row 2: text is empty"]
+
+
 def test_min_examples_per_class_names_small_and_absent_classes():
     df = good().iloc[:3]  # exchange_rate keeps 1 example
     result = validate_frame(df, params(), [*LABELS, "age_limit"])
