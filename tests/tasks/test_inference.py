@@ -155,3 +155,51 @@ def test_autocast_dtype_on_cuda():
     assert autocast_dtype(gpu, "auto") is best
     assert autocast_dtype(gpu, "fp16") is torch.float16
     assert autocast_dtype(gpu, "fp32") is None
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_every_torch_format_has_the_one_interface(model_dir, predictor, texts):
+    from tasks.inference import BasePredictor, load_predictor
+
+    for fmt in ("torch", "torch-bf16", "torch-int8"):
+        p = load_predictor(fmt, model_dir, device="cpu")
+        assert isinstance(p, BasePredictor)
+        assert p.format == fmt
+        assert p.labels == TINY_LABELS and p.max_length == predictor.max_length
+        probs = p.predict_proba(texts)
+        assert probs.shape == (len(texts), len(TINY_LABELS))
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_torch_int8_quantizes_the_widening_linears_on_load(model_dir, predictor, texts):
+    from tasks.inference import int8_linears
+
+    p = Predictor.from_dir(model_dir, device="cpu", int8=True)
+    quantized = {
+        n
+        for n, m in p.model.named_modules()
+        if "quantized" in type(m).__module__ and type(m).__name__ == "Linear"
+    }
+    assert quantized and quantized == int8_linears(predictor.model)
+    # The down projections (64 -> 32 here) and the head stay fp32.
+    assert not any(n.endswith(".output.dense") and ".attention." not in n for n in quantized)
+    assert "classifier" not in quantized
+    np.testing.assert_allclose(p.predict_proba(texts), predictor.predict_proba(texts), atol=0.05)
+    # The weights on disk are untouched: int8 exists only in memory.
+    assert not any("int8" in f.name for f in model_dir.iterdir())
+
+
+def test_torch_int8_is_cpu_fp32_only(model_dir):
+    with pytest.raises(ConfigError, match="torch-int8 runs on the CPU"):
+        Predictor.from_dir(model_dir, device="cpu", precision="bf16", int8=True)
+
+
+def test_unknown_or_fileless_formats_are_refused(model_dir):
+    from tasks.inference import load_predictor
+
+    with pytest.raises(ConfigError, match="unknown serving format 'tflite'"):
+        load_predictor("tflite", model_dir)
+    with pytest.raises(ValueError, match="onnx-int8 needs an ONNX file"):
+        load_predictor("onnx-int8", model_dir)
