@@ -421,6 +421,30 @@ class StoreUnavailable(RuntimeError):
     """The feedback store refused a batch of predictions (answered 503)."""
 
 
+def _predict_by_length(predictor: Any, texts: list[str], chunk: int) -> np.ndarray:
+    """``predictor.predict_proba(texts)``, in chunks of ``chunk`` texts of similar length.
+
+    A forward pass pads every text to the longest one in it; a micro-batch mixes
+    texts of 3 and 60 tokens. Sorting by characters (a close proxy for tokens)
+    and cutting into chunks costs one more call per chunk but far less padding:
+    measured on MiniLM (1 thread, test-split texts), 32 texts in chunks of 8 or 16
+    took 0.5 to 0.7x the time of one 32-text pass, which itself padded so much
+    that it was barely faster per text than batches of 8.
+    """
+    if len(texts) <= chunk:
+        return predictor.predict_proba(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        probs = predictor.predict_proba([texts[i] for i in idx])
+        if out is None:
+            out = np.empty((len(texts), probs.shape[1]), dtype=probs.dtype)
+        out[idx] = probs
+    assert out is not None
+    return out
+
+
 def _review_item(p: PredictionRecord) -> ReviewItem:
     return ReviewItem(
         prediction_id=p.id,
@@ -549,6 +573,8 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     inference_limiter = anyio.CapacityLimiter(1)
     max_body = serve.max_batch * serve.max_text_chars * JSON_BYTES_PER_CHAR + BODY_OVERHEAD_BYTES
 
+    batching = serve.batching
+
     def served() -> LoadedModel:
         loaded = holder.current
         if loaded is None:
@@ -562,7 +588,7 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         # during it does not affect it.
         loaded = served()
         flat = [text for texts in requests for text in texts]
-        probs = loaded.predictor.predict_proba(flat)
+        probs = _predict_by_length(loaded.predictor, flat, batching.chunk_size)
         labels = loaded.labels
         k = min(serve.top_k, len(labels))
         rows = []
@@ -612,7 +638,6 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
             )
         return answers
 
-    batching = serve.batching
     batcher: MicroBatcher[_Scored, PredictResponse] | None = None
     if batching.enabled:
         batcher = MicroBatcher(

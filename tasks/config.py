@@ -288,6 +288,12 @@ class BatchingConfig(_Strict):
         description="texts per model call; a request's texts are never split, and a request "
         "with more texts than this runs alone",
     )
+    chunk_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=16,
+        description="texts per forward pass: a model call's texts are sorted by length and "
+        "cut into chunks of this many, so short texts are not padded to the longest (also "
+        "for a many-text request with batching off)",
+    )
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
         default=2.0,
         description="how long the first request of a batch may wait for others; only waited "

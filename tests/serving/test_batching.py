@@ -97,8 +97,10 @@ def test_concurrent_requests_share_model_calls_and_each_caller_gets_its_own(batc
     s = stats(batched)
     assert s["enabled"] and s["max_batch_requests"] == 10 and s["batches"] == 2
     assert s["requests"] == 11 and s["mean_batch_requests"] == 5.5
-    # One model call for the ten queued requests (threads queue in any order).
-    assert sorted(held.calls[1]) == sorted(t for i in range(10) for t in texts_of(i))
+    # One batch for the ten queued requests (threads queue in any order; the batch's
+    # forward passes are length-sorted chunks of serve.batching.chunk_size texts).
+    queued = sorted(t for i in range(10) for t in texts_of(i))
+    assert sorted(t for call in held.calls[1:] for t in call) == queued
     assert store.counts()["predictions"] == 1 + len(ids)
 
 
@@ -261,3 +263,19 @@ def test_batching_settings_are_checked(tmp_path):
         parse_params({"serve": {"batching": {"max_wait": 1}}}, tmp_path / "params.yaml")
     with pytest.raises(ConfigError, match=r"serve\.batching\.queue_size"):
         parse_params({"serve": {"batching": {"queue_size": 0}}}, tmp_path / "params.yaml")
+
+
+def test_a_model_call_runs_in_length_sorted_chunks_and_answers_in_request_order(
+    make_params, monkeypatch
+):
+    params = make_params(batching={"chunk_size": 2})
+    texts = ["a much longer text about a card that never arrived", "hi", "top up failed", "x y"]
+    with TestClient(create_app(params)) as c:
+        wait_until_loaded(c)
+        alone = [c.post("/predict", json={"text": t}).json()["predictions"][0] for t in texts]
+        held = hold(c, monkeypatch)
+        together = c.post("/predict", json={"texts": texts}).json()["predictions"]
+    assert held.calls == [["hi", "x y"], ["top up failed", texts[0]]]
+    for a, b in zip(alone, together, strict=True):
+        assert a["label"] == b["label"]
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
