@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tasks.config import Params
@@ -237,9 +238,19 @@ def _merge(
     Returns the merged frame, the corrections made and the number of incoming
     labels that were already there.
     """
-    key = existing["text"].map(lambda t: normalise(t) if isinstance(t, str) else t)
+    key = [normalise(t) if isinstance(t, str) else t for t in existing["text"]]
     position = {k: i for i, k in enumerate(key)}
-    merged = existing.copy()
+    # Rows are read from plain arrays and replaced all at once at the end: pandas'
+    # row-by-row ``iloc`` reads and writes took about 5 ms per corrected row.
+    columns = {c: existing[c].to_numpy(dtype=object) for c in existing.columns}
+    replaced: dict[int, dict[str, object]] = {}  # row position -> its new values
+
+    def old(i: int, column: str) -> object:
+        if i in replaced:
+            value = replaced[i].get(column)
+            return np.nan if value is None else value  # what the frame would hold
+        return columns[column][i]
+
     corrections: list[dict[str, object]] = []
     unchanged = 0
     fresh = []
@@ -248,23 +259,27 @@ def _merge(
         if i is None:
             fresh.append(row._asdict())
             continue
-        old = merged.iloc[i]
-        if old["label"] == row.label:
+        if old(i, "label") == row.label:
             unchanged += 1
             continue
         corrections.append(
             {
                 "text": row.text,
-                "old_label": old["label"],
+                "old_label": old(i, "label"),
                 "new_label": row.label,
-                "old_source": f"{old['source']}:{old['source_file']}:{old['source_id']}",
+                "old_source": f"{old(i, 'source')}:{old(i, 'source_file')}:{old(i, 'source_id')}",
                 "new_source_file": row.source_file,
                 "new_source_id": row.source_id,
                 "batch_id": row.batch_id,
                 "corrected_at": stamp,
             }
         )
-        merged.iloc[i] = pd.Series(row._asdict()).reindex(merged.columns)
+        replaced[i] = row._asdict()
+    merged = existing.copy()
+    if replaced:
+        rows = list(replaced)
+        for j, column in enumerate(merged.columns):
+            merged.iloc[rows, j] = [replaced[i].get(column) for i in rows]
     merged = pd.concat([merged, pd.DataFrame(fresh, columns=incoming.columns)], ignore_index=True)
     return merged, pd.DataFrame(corrections, columns=CORRECTION_COLUMNS), unchanged
 
