@@ -173,10 +173,11 @@ class BasePredictor:
 
     def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Class probabilities, shape ``[len(texts), len(labels)]``, in input order."""
+        texts = list(texts)  # a pandas Series or tuple works as well
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         lengths = np.array([len(x) for x in encoded["input_ids"]])
         order = np.argsort(lengths, kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0

@@ -126,8 +126,11 @@ def apply(
 ) -> tuple[GateDecision, bool]:
     """Gate ``version`` against the current champion; move the aliases if it passes.
 
-    ``force`` promotes even when the gate refuses (recorded as such). Returns the
-    decision and whether the champion moved. Every call is written to the ledger.
+    ``force`` promotes even when the gate refuses (recorded as such). A promoted
+    version's serving formats are exported first (:func:`tasks.export.export_on_promotion`;
+    the ledger entry says which format was chosen, or why the export failed).
+    Returns the decision and whether the champion moved. Every call is written to
+    the ledger.
     """
     mc = client(params)
     name = params.registry.model_name
@@ -141,7 +144,14 @@ def apply(
     tag = "promoted" if decision.promote else ("forced" if force else "refused")
     mc.set_model_version_tag(name, version, TAG_DECISION, tag)
     mc.set_model_version_tag(name, version, TAG_SUMMARY, decision.summary[:4000])
+    formats = None
     if promoted:
+        from tasks.export import export_on_promotion
+
+        # Before the alias moves, so the service never loads a champion whose formats are
+        # still being made. A failed export is logged and tagged, never raised: the
+        # promotion stands and the version is served in torch fp32.
+        formats = export_on_promotion(params, mc, str(version))
         if current:
             mc.set_registered_model_alias(name, PREVIOUS, current)
         mc.set_registered_model_alias(name, CHAMPION, version)
@@ -158,6 +168,7 @@ def apply(
             "reason": decision.summary + (f" ({note})" if note else ""),
             "checks": decision.checks,
             "metrics": {"challenger": _metrics(challenger), "champion": _metrics(champion)},
+            **({"formats": formats} if formats is not None else {}),
         },
     )
     log.info("%s version %s: %s", name, version, decision.summary)
