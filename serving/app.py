@@ -223,6 +223,14 @@ class HealthResponse(BaseModel):
     loaded_at: datetime | None = Field(description="When the served version was loaded.")
     last_checked_at: datetime | None = Field(description="When the alias was last looked at.")
     last_error: str | None = Field(description="Why the last reload failed (null when it worked).")
+    model_format: str | None = Field(
+        default=None, description="The format served: torch, torch-int8, onnx, onnx-int8, ..."
+    )
+    format_warning: str | None = Field(
+        default=None,
+        description="Why the served format is not `serve.format` (a version without it is "
+        "served in torch fp32); null when it is.",
+    )
 
 
 class ModelResponse(BaseModel):
@@ -234,6 +242,13 @@ class ModelResponse(BaseModel):
     labels: list[str]
     loaded_at: datetime
     source: str = Field(description="Registry URI of the version (`models:/<name>/<version>`).")
+    format: str = Field(description="The format served: torch, torch-int8, onnx, onnx-int8, ...")
+    requested_format: str | None = Field(
+        description="`serve.format` (`auto`: the format chosen when the version was exported)."
+    )
+    format_warning: str | None = Field(
+        description="Why the served format is not the requested one (null when it is)."
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -830,6 +845,8 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
             loaded_at=loaded.loaded_at if loaded else None,
             last_checked_at=holder.last_checked_at,
             last_error=holder.last_error,
+            model_format=loaded.format if loaded else None,
+            format_warning=loaded.format_warning if loaded else None,
         )
         # 503 without a model, so a load balancer sends no traffic here yet.
         code = 200 if loaded is not None else 503
@@ -871,6 +888,9 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
             labels=loaded.labels,
             loaded_at=loaded.loaded_at,
             source=loaded.source,
+            format=loaded.format,
+            requested_format=loaded.requested_format,
+            format_warning=loaded.format_warning,
         )
 
     @app.post(

@@ -17,6 +17,15 @@ The transformers flavour of MLflow stores a version like this::
 folder, so the tokenizer files are copied beside the weights before the
 rename. Weights are read from safetensors only: a version without them is
 refused rather than unpickled.
+
+**Serving formats.** The version's run holds the formats exported at promotion
+(:mod:`tasks.export`): ``formats/formats.json`` and ``formats/<format>/model.onnx``.
+The service serves ``serve.format`` (``auto``: the format chosen at export).
+Only the manifest and the served format's file are downloaded, into
+``<version>/formats/`` beside the model. A version without that format (never
+exported, export failed, file missing or unloadable) is served in torch fp32
+with a warning in the log, in ``/health`` and in ``/model``; it is not an error,
+because torch fp32 is the reference every format was checked against.
 """
 
 from __future__ import annotations
@@ -33,10 +42,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import yaml
 
-from tasks.config import Params
-from tasks.inference import Predictor
+from tasks.config import Params, ServeFormat
+from tasks.export import (
+    FORMATS_DIR,
+    FORMATS_FILE,
+    ModelFilesError,
+    arrange_model_folder,
+    model_folder,
+    version_download_uri,
+)
+from tasks.inference import ONNX_FORMATS, BasePredictor, load_predictor
 from tasks.promotion import CHAMPION
 from tasks.tracking import tracking_uri
 
@@ -45,6 +61,7 @@ log = logging.getLogger(__name__)
 MARKER = "slmops-serving.json"  # written last: its presence means the folder is complete
 STALE_TMP_SECONDS = 3600  # temporary folders older than this are leftovers of a crash
 WARMUP_TEXT = "warm-up"
+FALLBACK_FORMAT = ServeFormat.torch.value
 
 
 class ModelSourceError(RuntimeError):
@@ -76,15 +93,22 @@ class LoadedModel:
     name: str
     version: str
     run_id: str
-    predictor: Predictor
+    predictor: BasePredictor
     source: str
     path: Path
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    requested_format: str | None = None  # serve.format when loaded (None: not applicable)
+    format_warning: str | None = None  # why the served format is not the requested one
 
     @property
     def labels(self) -> list[str]:
         """The model's labels, in output order."""
         return list(self.predictor.labels)
+
+    @property
+    def format(self) -> str:
+        """The format being served (``torch``, ``onnx-int8``, ...)."""
+        return getattr(self.predictor, "format", FALLBACK_FORMAT)
 
 
 class ModelSource(Protocol):
@@ -108,38 +132,18 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
 
 def _model_folder(root: Path) -> Path:
     """The folder holding config.json and the weights, from the MLmodel file."""
-    binary = "model"
-    mlmodel = root / "MLmodel"
-    if mlmodel.is_file():
-        meta = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-        flavor = (meta.get("flavors") or {}).get("transformers") or {}
-        binary = flavor.get("model_binary") or binary
-    folder = root / binary
-    if not (folder / "config.json").is_file():
-        raise ModelSourceError(
-            f"{root}: no {binary}/config.json; not a transformers-flavour model "
-            "(register versions with `slmops register`)"
-        )
-    return folder
+    try:
+        return model_folder(root)
+    except ModelFilesError as exc:
+        raise ModelSourceError(str(exc)) from None
 
 
 def _arrange(root: Path) -> Path:
-    """Make the downloaded folder loadable by Predictor; return the model folder."""
-    folder = _model_folder(root)
-    if not any(folder.glob("*.safetensors")):
-        raise ModelSourceError(
-            f"{folder}: no safetensors weights; refusing to load pickled weights"
-        )
-    tokenizer = root / "components" / "tokenizer"
-    if tokenizer.is_dir():
-        for item in tokenizer.iterdir():
-            target = folder / item.name
-            # Copies, not links: the cache folder stays valid if moved or copied.
-            if item.is_file() and not target.exists():
-                shutil.copy2(item, target)
-    if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer.model")):
-        raise ModelSourceError(f"{root}: no tokenizer files in {folder} or components/tokenizer")
-    return folder
+    """Make the downloaded folder loadable by a predictor; return the model folder."""
+    try:
+        return arrange_model_folder(root)
+    except ModelFilesError as exc:
+        raise ModelSourceError(str(exc)) from None
 
 
 def _clean_stale_temporaries(parent: Path) -> None:
@@ -166,13 +170,7 @@ def registry_client(params: Params):
 
 
 def _download_uri(client, ref: ModelRef) -> str:
-    # Resolved here with our own client: MLflow's `models:/` artifact repository
-    # looks the version up through the process-wide registry URI, ignoring the
-    # one it is given, and would read (and create) ./mlflow.db instead.
-    uri = client.get_model_version_download_uri(ref.name, ref.version)
-    if uri.startswith("models:/"):  # a logged model's id (MLflow 3 sources)
-        uri = client.get_logged_model(uri.removeprefix("models:/").strip("/")).artifact_location
-    return uri
+    return version_download_uri(client, ref.name, ref.version)
 
 
 def fetch_version(params: Params, ref: ModelRef, client=None) -> Path:
@@ -240,6 +238,101 @@ def fetch_version(params: Params, ref: ModelRef, client=None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _download_run_artifact(params: Params, run_id: str, path: str, dest: Path) -> Path:
+    """Download ``path`` of run ``run_id`` to ``dest`` atomically (a hidden temporary
+    folder beside it, renamed into place); return ``dest``."""
+    import mlflow
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", suffix=".partial", dir=dest.parent))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=path,
+                dst_path=str(tmp),
+                tracking_uri=tracking_uri(params),
+            )
+        )
+        os.replace(local, dest)
+        return dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_format(params: Params, ref: ModelRef, folder: Path, fmt: str) -> dict:
+    """The files of format ``fmt`` (``auto``: the one chosen at export) of ``ref``.
+
+    ``folder`` is the version's model folder (:func:`fetch_version`); formats go
+    to ``formats/`` beside it. Returns ``{"format", "onnx_path", "warning"}``:
+    the format to serve (torch fp32 when ``fmt`` is unavailable, the reason in
+    ``warning``) and its ONNX file (None for the torch formats, which need no
+    file). The manifest is fetched on every load (it is small, and an export
+    may have been redone since); an ONNX file already in the cache is reused.
+    """
+    fmt = ServeFormat(fmt).value
+    if fmt != ServeFormat.auto and fmt not in ONNX_FORMATS:
+        return {"format": fmt, "onnx_path": None, "warning": None}
+    root = folder.parent / FORMATS_DIR
+    manifest_path = root / FORMATS_FILE
+    problem = ""
+    try:
+        _download_run_artifact(params, ref.run_id, f"{FORMATS_DIR}/{FORMATS_FILE}", manifest_path)
+    except Exception as exc:  # no such artifact, or the store failed: a cached copy may do
+        problem = f" ({type(exc).__name__}: {exc})"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _fallback(ref, fmt, f"no serving formats were exported for it{problem}")
+    if fmt == ServeFormat.auto:
+        fmt = str(manifest.get("chosen") or FALLBACK_FORMAT)
+        if fmt not in ONNX_FORMATS:
+            return {"format": fmt, "onnx_path": None, "warning": None}
+    relative = ((manifest.get("formats") or {}).get(fmt) or {}).get("file")
+    if not relative:
+        return _fallback(ref, fmt, f"format {fmt} was not exported for it")
+    target = root / relative
+    if not target.is_file():
+        try:
+            _download_run_artifact(params, ref.run_id, f"{FORMATS_DIR}/{relative}", target)
+        except Exception as exc:  # a missing or unreadable file is a fallback, not an outage
+            return _fallback(ref, fmt, f"format {fmt} could not be downloaded ({exc})")
+    return {"format": fmt, "onnx_path": target, "warning": None}
+
+
+def _fallback(ref: ModelRef, fmt: str, why: str) -> dict:
+    warning = f"{ref.uri}: {why}; serving torch fp32 instead of {fmt}"
+    log.warning(warning)
+    return {"format": FALLBACK_FORMAT, "onnx_path": None, "warning": warning}
+
+
+def serve_threads(params: Params) -> int | None:
+    """Inference threads: ``serve.num_threads``, else ``train.num_threads``, else all cores."""
+    return params.serve.num_threads or params.train.num_threads
+
+
+def build_predictor(params: Params, folder: Path, chosen: dict) -> tuple[BasePredictor, str | None]:
+    """The predictor for ``chosen`` (see :func:`fetch_format`) and the warning to show.
+
+    A format that fails to load (a corrupt ONNX file, say) falls back to torch
+    fp32 with a warning, like a missing one; torch fp32 failing is an error.
+    """
+    train = params.train
+    fmt, warning = chosen["format"], chosen["warning"]
+    kwargs = {"device": train.device, "precision": train.precision}
+    if fmt != FALLBACK_FORMAT:
+        try:
+            predictor = load_predictor(
+                fmt, folder, chosen["onnx_path"], num_threads=serve_threads(params), **kwargs
+            )
+            return predictor, warning
+        except Exception as exc:  # onnxruntime, torch and I/O raise many types
+            warning = f"{folder}: format {fmt} failed to load ({exc}); serving torch fp32"
+            log.warning(warning)
+    predictor = load_predictor(FALLBACK_FORMAT, folder, num_threads=serve_threads(params), **kwargs)
+    return predictor, warning
+
+
 class RegistrySource:
     """The champion of ``registry.model_name`` in the configured MLflow registry."""
 
@@ -271,16 +364,13 @@ class RegistrySource:
         return ModelRef(self.name, str(mv.version), mv.run_id or "")
 
     def load(self, ref: ModelRef) -> LoadedModel:
-        """Download (or reuse) ``ref``, build its Predictor and run one warm-up prediction."""
+        """Download (or reuse) ``ref`` and its served format, build the predictor and run
+        one warm-up prediction."""
         folder = fetch_version(self.params, ref, self.client)
-        train = self.params.train
+        requested = self.params.serve.format.value
+        chosen = fetch_format(self.params, ref, folder, requested)
         try:
-            predictor = Predictor.from_dir(
-                folder,
-                device=train.device,
-                precision=train.precision,
-                num_threads=train.num_threads,
-            )
+            predictor, warning = build_predictor(self.params, folder, chosen)
             # A broken model should fail here, before it replaces a working one,
             # and the first real request should not pay for lazy initialisation.
             probs = predictor.predict_proba([WARMUP_TEXT])
@@ -288,7 +378,17 @@ class RegistrySource:
             raise ModelSourceError(f"{ref.uri}: cannot load model from {folder}: {exc}") from exc
         if probs.shape != (1, len(predictor.labels)) or not np.isfinite(probs).all():
             raise ModelSourceError(f"{ref.uri}: warm-up prediction is not a probability vector")
-        return LoadedModel(ref.name, ref.version, ref.run_id, predictor, ref.uri, folder)
+        log.info("serving %s as %s (serve.format: %s)", ref.uri, predictor.format, requested)
+        return LoadedModel(
+            ref.name,
+            ref.version,
+            ref.run_id,
+            predictor,
+            ref.uri,
+            folder,
+            requested_format=requested,
+            format_warning=warning,
+        )
 
 
 def load_champion(params: Params) -> LoadedModel:
