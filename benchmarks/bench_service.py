@@ -679,11 +679,13 @@ def measure(budget: Budget, tuning: Tuning, model_dir: str | None, workdir: Path
         for key, s in services.items():
             load(s, s.port, requests[key], budget.warmup, 8, offset=len(texts) // 2)
 
-        # 3. The same model in this process, for the concurrency-1 comparison.
-        predictor = None
-        if 1 in tuning.concurrency:
-            source = model_source(spec, parent)
-            predictor = source.load(source.champion()).predictor
+        # 3. The same model in this process, for the concurrency-1 comparison: loaded
+        # through the same source, so in the same format as the services serve it.
+        source = model_source(spec, parent)
+        loaded = source.load(source.champion())
+        results["format"] = getattr(loaded, "format", "torch")
+        predictor = loaded.predictor if 1 in tuning.concurrency else None
+        if predictor is not None:
             in_process(predictor, texts, len(texts) // 2, 20)  # warm-up
 
         # 4. Alternating runs per concurrency.
@@ -797,7 +799,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 x is not None and x >= MIN_SPEEDUP_C32,
                 f"{on['requests_per_s']} vs {off['requests_per_s']} requests/s, median of "
                 f"{speed['rounds']} alternating rounds (per round: {speed['per_round']}); "
-                f"mean batch {on['mean_batch_requests']} requests; {res['model']}",
+                f"mean batch {on['mean_batch_requests']} requests; {res['model']}, "
+                f"served as {res.get('format', 'torch')}",
             )
         )
         out.append(

@@ -233,6 +233,47 @@ def target(what: str, goal: str, measured: Any, met: bool | None, note: str = ""
     return {"what": what, "target": goal, "measured": measured, "met": met, "note": note}
 
 
+def matmul_gflops(
+    dtype: str = "float32",
+    n: int = 2048,
+    *,
+    device: str = "cpu",
+    min_seconds: float = 1.0,
+    max_seconds: float = 60.0,
+) -> float:
+    """Measured ``n x n`` matmul speed in GFLOP/s for ``dtype`` on ``device``.
+
+    The practical ceiling for dense work in that precision: a model's tokens/s
+    limit is this divided by its FLOPs per token. One untimed warm-up call, then
+    calls until ``min_seconds`` have passed (at least one); ``max_seconds`` stops
+    early where a dtype has no fast kernels (bf16 on a CPU without AVX-512 BF16
+    takes tens of seconds per 2048² matmul).
+    """
+    import torch
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, generator=gen, device=device).to(dt)
+    b = torch.randn(n, n, generator=gen, device=device).to(dt)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    start = time.perf_counter()
+    a @ b
+    sync()
+    warmup = time.perf_counter() - start
+    calls, elapsed = 0, 0.0
+    while calls == 0 or (elapsed < min_seconds and elapsed + warmup < max_seconds):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        elapsed += time.perf_counter() - start
+        calls += 1
+    return 2 * n**3 * calls / elapsed / 1e9
+
+
 # --------------------------------------------------------------------------- memory
 
 

@@ -171,6 +171,7 @@ def test_discover_and_select(tmp_path: Path) -> None:
 
 def test_the_real_benchmarks_are_discoverable() -> None:
     names = [b.name for b in discover()]
+    assert {"train", "precision_train"} <= set(names)
     assert len(names) == len(set(names))
 
 

@@ -1,0 +1,203 @@
+"""CPU precision for training: our fine-tuning in fp32 vs bf16 autocast, against the matmul limit.
+
+Two measurements, in this order:
+
+1. **The limit.** A 2048² matmul (1024² in quick mode) in fp32 and in bf16,
+   in GFLOP/s: the ceiling for dense work in each precision on this machine.
+   One training token of MiniLM-L6 costs about 65 MFLOP (6 × its linear
+   layers' parameters), so the ceiling in tokens/s is GFLOP/s ÷ 0.065.
+2. **Training.** ``tasks.train.train_model`` (the pipeline's code path, through
+   ``benchmarks.bench_train.train_side``) with ``train.precision`` ``fp32`` and
+   ``bf16`` (torch CPU autocast: matmuls in bf16, weights, optimizer and
+   reductions in fp32) on the same stratified subset, one epoch, alternated,
+   each in a fresh process; real tokens/s as a fraction of each precision's
+   ceiling.
+
+Accuracy at equal budget is measured only where bf16 trains faster (full mode:
+the default budget in both precisions): where it is slower there is nothing to
+gain from it, and the default (``precision: auto`` = fp32 on a CPU) stands.
+
+Why bf16 can be slower: torch has fast CPU bf16 GEMMs only on CPUs with
+AVX-512 BF16 or AMX (oneDNN); elsewhere (AVX2) bf16 matmuls run a generic
+kernel, several times slower than fp32 forward and slower still for the
+transposed operands of the backward pass. The machine description lists the
+CPU flags that decide it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.bench_train import settings, train_side
+from benchmarks.common import alternate, matmul_gflops, median, ratio, run_isolated, target
+
+NAME = "precision_train"
+
+PRECISIONS = ("fp32", "bf16")
+QUICK = {"train_examples": 96, "rounds": 1, "matmul_n": 1024}
+FULL = {"train_examples": 320, "rounds": 2, "matmul_n": 2048}
+
+
+def _side(precision: str, spec: dict[str, Any]) -> dict[str, Any]:
+    spec = {**spec, "train": {**spec["train"], "precision": precision}}
+    out = run_isolated(train_side, "ours", spec)
+    res = dict(out.result)
+    print(
+        f"[precision_train] {precision}: {res['examples_per_s']:.1f} examples/s, "
+        f"{res['tokens_per_s']:.0f} tokens/s",
+        flush=True,
+    )
+    return res
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure the matmul limits, then fp32 vs bf16 training; see the module docstring."""
+    import torch
+
+    mode = QUICK if quick else FULL
+    base = settings(quick=True)  # a subset, one epoch
+    base.update(train_examples=mode["train_examples"], val_per_class=1, test_per_class=1)
+    torch.set_num_threads(base["threads"])
+    if torch.cuda.is_available():
+        return _not_on_cpu()
+
+    n = mode["matmul_n"]
+    gflops = {
+        "fp32": matmul_gflops("float32", n),
+        # bf16 without native kernels takes tens of seconds per 2048² matmul: capped.
+        "bf16": matmul_gflops("bfloat16", n, max_seconds=45.0),
+    }
+    print(
+        f"[precision_train] {n}² matmul: fp32 {gflops['fp32']:.1f}, "
+        f"bf16 {gflops['bf16']:.1f} GFLOP/s",
+        flush=True,
+    )
+
+    samples = alternate({p: (lambda p=p: _side(p, base)) for p in PRECISIONS}, mode["rounds"])
+    flops = samples["fp32"][0]["flops_per_token"]
+    rows = []
+    for p in PRECISIONS:
+        runs = samples[p]
+        tokens = median([r["tokens_per_s"] for r in runs])
+        ceiling = gflops[p] * 1e9 / flops
+        rows.append(
+            {
+                "precision": p,
+                "matmul_gflops": gflops[p],
+                "tokens_per_s_ceiling": ceiling,
+                "examples_per_s": median([r["examples_per_s"] for r in runs]),
+                "real_tokens_per_s": tokens,
+                "fraction_of_own_ceiling": ratio(tokens, ceiling),
+                "fraction_of_fp32_ceiling": ratio(tokens, gflops["fp32"] * 1e9 / flops),
+                "peak_rss_mb": median([r["peak_rss_mb"] for r in runs]),
+                "runs": len(runs),
+            }
+        )
+    by = {r["precision"]: r for r in rows}
+    speed = ratio(by["bf16"]["real_tokens_per_s"], by["fp32"]["real_tokens_per_s"])
+    mm_speed = ratio(gflops["bf16"], gflops["fp32"])
+    bf16_faster = speed is not None and speed > 1.0
+
+    accuracy: dict[str, Any] = {}
+    if bf16_faster and not quick:
+        full = settings(quick=False)
+        for p in PRECISIONS:
+            accuracy[p] = _side(p, full)
+        gap = accuracy["bf16"]["test_accuracy"] - accuracy["fp32"]["test_accuracy"]
+        acc_target = target(
+            "bf16 training accuracy vs fp32 (default budget)",
+            "within 0.3 pt",
+            f"{gap * 100:+.2f} pt",
+            gap >= -0.003,
+            "one seed per precision",
+        )
+    else:
+        acc_target = target(
+            "bf16 training accuracy vs fp32 (default budget)",
+            "within 0.3 pt",
+            None,
+            None,
+            "quick mode"
+            if quick and bf16_faster
+            else f"not measured: bf16 trains at {speed:.2f}× fp32's speed here, so there is "
+            "no speed to buy with accuracy; fp32 stays the default",
+        )
+
+    default_fast = not bf16_faster  # precision auto = fp32 on a CPU
+    cpu_flags = _cpu_flags()
+    notes = [
+        f"Training subset: {base['train_examples']} stratified rows of the train split, one "
+        f"epoch, batch {base['train']['batch_size']}, {base['threads']} threads; "
+        f"{mode['rounds']} round(s) alternated fp32 → bf16, each side in a fresh process.",
+        f"{n}² matmul: bf16 runs at {mm_speed:.2f}× fp32 here (CPU flags: "
+        f"{', '.join(cpu_flags) or 'none'}; fast bf16 GEMMs need avx512_bf16 or amx_bf16).",
+        "bf16 here is torch CPU autocast (what train.precision: bf16 does): matmuls and "
+        "linear layers in bf16, weights, optimizer state, softmax and norms in fp32.",
+    ]
+    if not bf16_faster:
+        notes.append(
+            "Without native bf16 kernels, torch's bf16 matmuls on this CPU run a generic "
+            "kernel; a profile of one training step put the backward matmuls (transposed "
+            "operands) about 20× slower than fp32 and the forward ones about 10×, which is "
+            "where the training slowdown comes from. The default stays fp32 on a CPU."
+        )
+    if (by["bf16"]["fraction_of_own_ceiling"] or 0) > 1:
+        notes.append(
+            "bf16 training exceeds its 'ceiling': the generic bf16 kernel is slower on a "
+            f"{n}² matmul than on the model's smaller ones, so that matmul bounds nothing here."
+        )
+    results: dict[str, Any] = {
+        "sides": rows,
+        "ratios": {"bf16 / fp32 training tokens/s": speed, "bf16 / fp32 matmul": mm_speed},
+    }
+    if accuracy:
+        results["accuracy (default budget)"] = {
+            p: {k: accuracy[p][k] for k in ("test_accuracy", "test_macro_f1", "examples_per_s")}
+            for p in PRECISIONS
+        }
+    return {
+        "results": results,
+        "targets": [
+            target(
+                "the faster CPU training precision is the default (precision: auto)",
+                "auto picks the faster where accuracy holds",
+                f"bf16 = {speed:.2f}× fp32 tokens/s; auto = fp32",
+                default_fast if not bf16_faster else None,
+                ""
+                if default_fast
+                else "bf16 is faster here: make it the CPU default if its accuracy holds",
+            ),
+            target(
+                "training tokens/s as a fraction of the CPU limit",
+                "reported",
+                f"fp32 {by['fp32']['fraction_of_own_ceiling']:.0%} of its ceiling, "
+                f"bf16 {by['bf16']['fraction_of_own_ceiling']:.0%} of its ceiling",
+                True,
+            ),
+            acc_target,
+        ],
+        "notes": notes,
+        "settings": {"matmul_n": n, **{k: v for k, v in base["train"].items()}},
+    }
+
+
+def _cpu_flags() -> list[str]:
+    from benchmarks.common import machine
+
+    return machine()["cpu_flags"]
+
+
+def _not_on_cpu() -> dict[str, Any]:
+    return {
+        "results": {},
+        "targets": [
+            target(
+                "CPU bf16 vs fp32 training",
+                "measured on a CPU",
+                None,
+                None,
+                "a GPU is present: the CPU comparison is for CPU-only machines",
+            )
+        ],
+        "notes": ["Skipped: a CUDA GPU is present (see the train benchmark's GPU path)."],
+    }
