@@ -7,6 +7,7 @@ of a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from tasks.redact import redact_text
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -467,6 +470,45 @@ class FeedbackConfig(_Strict):
     )
 
 
+class NotifyEvent(StrEnum):
+    """What the flows notify about."""
+
+    flow_failed = "flow_failed"
+    challenger_refused = "challenger_refused"
+    challenger_promoted = "challenger_promoted"
+
+
+class NotifyConfig(_Strict):
+    """A webhook told about flow failures (``tasks/notify.py``).
+
+    The URL is a secret (a Slack or Teams webhook URL is its own credential), so
+    it is never written here: it comes from the environment variable ``url_env``
+    or the file ``url_file``. Neither set: no notifications.
+    """
+
+    url_env: str = Field(
+        default="SLMOPS_NOTIFY_URL", description="environment variable holding the webhook URL"
+    )
+    url_file: str | None = Field(
+        default=None, description="file holding the webhook URL (when the variable is unset)"
+    )
+    events: list[NotifyEvent] = Field(
+        default=[NotifyEvent.flow_failed],
+        description="flow_failed | challenger_refused | challenger_promoted",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=5.0, description="give up on the webhook after this long (the flow goes on)"
+    )
+
+    @field_validator("url_env")
+    @classmethod
+    def _a_variable_name(cls, value: str) -> str:
+        # A URL pasted here would be a secret in a file under git: refuse it.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("expected the name of an environment variable, not its value")
+        return value
+
+
 class Params(_Strict):
     """Everything in ``params.yaml``."""
 
@@ -483,6 +525,7 @@ class Params(_Strict):
     serve: ServeConfig = ServeConfig()
     export: ExportConfig = ExportConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    notify: NotifyConfig = NotifyConfig()
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named sets of overrides, e.g. `full` for the longest training.",
@@ -504,7 +547,9 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+            # A URL may be a credential (a webhook, a database password): never echoed.
+            got = "" if "url" in key else f" (got {redact_text(repr(err.get('input')))})"
+            lines.append(f"  {key}: {err['msg']}{got}")
     return "\n".join(lines)
 
 
