@@ -11,7 +11,7 @@ Conventions (``benchmarks/README.md`` has the long form):
   (:func:`alternate`: A, B, C, A, B, C, ...), so a slow minute on a shared
   machine hits every side alike; figures are medians, comparisons ratios.
 - Peak memory of one side is measured in a process of its own
-  (:func:`run_isolated`): ``ru_maxrss`` only ever grows, so sides measured in one
+  (:func:`run_isolated`): a peak only ever grows, so sides measured in one
   process would each report the largest peak so far.
 """
 
@@ -278,7 +278,20 @@ def matmul_gflops(
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (``getrusage``)."""
+    """This process's peak resident memory so far, in MiB.
+
+    ``VmHWM`` of its own address space, not ``ru_maxrss``: Linux folds the
+    forked image's peak into a spawned child's ``ru_maxrss`` at exec, so a
+    child of a large process would report its parent's memory as its own.
+    ``ru_maxrss`` only where ``/proc`` is unreadable.
+    """
+    try:
+        status = Path("/proc/self/status").read_text(encoding="utf-8")
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     # Linux reports ru_maxrss in KiB.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -363,7 +376,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Isolated:
     """Call ``fn(*args, **kwargs)`` in a fresh process and measure its peak memory.
 
     The process is started with ``spawn`` (nothing inherited from this one's
-    memory), so its ``ru_maxrss`` is this call's peak alone: the interpreter,
+    memory), so its peak (``VmHWM``) is this call's alone: the interpreter,
     the imports the call makes and what it allocates. ``fn`` and its arguments
     must be picklable (a module-level function) and so must its result.
     Exceptions in the child are raised here.
