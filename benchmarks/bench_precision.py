@@ -1,6 +1,6 @@
-"""CPU precision for training: our fine-tuning in fp32 vs bf16 autocast, against the matmul limit.
+"""CPU precision: fp32 vs bf16 autocast for training and for serving, against the matmul limit.
 
-Two measurements, in this order:
+Three measurements, in this order:
 
 1. **The limit.** A 2048² matmul (1024² in quick mode) in fp32 and in bf16,
    in GFLOP/s: the ceiling for dense work in each precision on this machine.
@@ -12,10 +12,16 @@ Two measurements, in this order:
    reductions in fp32) on the same stratified subset, one epoch, alternated,
    each in a fresh process; real tokens/s as a fraction of each precision's
    ceiling.
+3. **Serving.** The champion (else the base model with an untrained head, see
+   ``benchmarks.bench_formats.resolve``) loaded as ``serve.format`` ``torch``
+   and ``torch-bf16``: accuracy on a stratified test subset, batch-1 latency and
+   batch-32 throughput, alternated round by round in one process.
 
-Accuracy at equal budget is measured only where bf16 trains faster (full mode:
-the default budget in both precisions): where it is slower there is nothing to
-gain from it, and the default (``precision: auto`` = fp32 on a CPU) stands.
+Accuracy at the training default budget is measured only where bf16 trains
+faster (full mode: the default budget in both precisions): where it is slower
+there is nothing to gain from it, and the default (``precision: auto`` = fp32
+on a CPU) stands. Likewise the export at promotion checks ``torch-bf16`` only
+on a CPU with native bf16.
 
 Why bf16 can be slower: torch has fast CPU bf16 GEMMs only on CPUs with
 AVX-512 BF16 or AMX (oneDNN); elsewhere (AVX2) bf16 matmuls run a generic
@@ -26,16 +32,81 @@ CPU flags that decide it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from benchmarks.bench_train import settings, train_side
 from benchmarks.common import alternate, matmul_gflops, median, ratio, run_isolated, target
 
-NAME = "precision_train"
+NAME = "precision"
 
 PRECISIONS = ("fp32", "bf16")
 QUICK = {"train_examples": 96, "rounds": 1, "matmul_n": 1024}
 FULL = {"train_examples": 320, "rounds": 2, "matmul_n": 2048}
+# Serving: (test rows per class, timing rounds, batch-1 calls per round). bf16 without
+# native kernels is several times slower than fp32, which bounds how much fits.
+SERVING_QUICK = (2, 2, 3)
+SERVING_FULL = (5, 6, 10)
+SERVING_FORMATS = {"fp32": "torch", "bf16": "torch-bf16"}
+
+
+def serving(quick: bool, model_dir: str | None = None) -> dict[str, Any]:
+    """fp32 vs bf16 autocast serving (module doc, 3) on the champion (or ``model_dir``)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.bench_formats import per_class, resolve
+    from benchmarks.bench_service import bench_params
+    from tasks.dataset import load_label_set, read_test
+
+    per, rounds, singles = SERVING_QUICK if quick else SERVING_FULL
+    workdir = Path(tempfile.mkdtemp(prefix="slmops-bench-precision-"))
+    try:
+        params = bench_params(workdir / "params", {})
+        test = per_class(read_test(params), per)
+        model = resolve(params, workdir, load_label_set(params), model_dir)
+        out = serving_measure(model.folder, test, rounds, singles)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {**out, "model": model.description, "trained": model.trained}
+
+
+def serving_measure(folder: Any, test: Any, rounds: int, singles: int) -> dict[str, Any]:
+    """Accuracy on ``test``, batch-1 latency and batch-32 throughput of ``folder`` served
+    in fp32 and in bf16 autocast, alternated: a row per precision and the speed ratio."""
+    from benchmarks.bench_formats import BATCH, Budget, calls, plan_rounds, timed_side
+    from benchmarks.bench_service import latency_ms
+    from tasks.export import accuracy
+    from tasks.inference import load_predictor
+
+    budget = Budget("serving", None, rounds, warmup=1, singles=singles, batches=1, memory=False)
+    predictors = {
+        p: load_predictor(fmt, folder, device="cpu", num_threads=os.cpu_count())
+        for p, fmt in SERVING_FORMATS.items()
+    }
+    acc = {p: accuracy(pred, test) for p, pred in predictors.items()}
+    plan = plan_rounds(test["text"].astype(str).tolist(), budget)
+    fns = {p: timed_side(*calls(pred), plan) for p, pred in predictors.items()}
+    samples = alternate(fns, budget.rounds, warmup=budget.warmup)
+    rows = [
+        {
+            "precision": p,
+            "format": SERVING_FORMATS[p],
+            **latency_ms([x for r in samples[p] for x in r["latencies"]]),
+            "batch_32_examples_per_s": median([r["throughput"] for r in samples[p]]),
+            "accuracy": round(acc[p], 4),
+            "accuracy_drop_pt": round((acc["fp32"] - acc[p]) * 100, 2),
+        }
+        for p in SERVING_FORMATS
+    ]
+    return {
+        "rows": rows,
+        "speed": ratio(rows[1]["batch_32_examples_per_s"], rows[0]["batch_32_examples_per_s"]),
+        "test_rows": len(test),
+        "rounds": rounds,
+        "batch": BATCH,
+    }
 
 
 def _side(precision: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +114,7 @@ def _side(precision: str, spec: dict[str, Any]) -> dict[str, Any]:
     out = run_isolated(train_side, "ours", spec)
     res = dict(out.result)
     print(
-        f"[precision_train] {precision}: {res['examples_per_s']:.1f} examples/s, "
+        f"[precision] {precision}: {res['examples_per_s']:.1f} examples/s, "
         f"{res['tokens_per_s']:.0f} tokens/s",
         flush=True,
     )
@@ -51,7 +122,7 @@ def _side(precision: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Measure the matmul limits, then fp32 vs bf16 training; see the module docstring."""
+    """Measure the matmul limits, then fp32 vs bf16 training and serving (module doc)."""
     import torch
 
     mode = QUICK if quick else FULL
@@ -68,8 +139,7 @@ def run(quick: bool) -> dict[str, Any]:
         "bf16": matmul_gflops("bfloat16", n, max_seconds=45.0),
     }
     print(
-        f"[precision_train] {n}² matmul: fp32 {gflops['fp32']:.1f}, "
-        f"bf16 {gflops['bf16']:.1f} GFLOP/s",
+        f"[precision] {n}² matmul: fp32 {gflops['fp32']:.1f}, bf16 {gflops['bf16']:.1f} GFLOP/s",
         flush=True,
     )
 
@@ -123,6 +193,11 @@ def run(quick: bool) -> dict[str, Any]:
             "no speed to buy with accuracy; fp32 stays the default",
         )
 
+    served = serving(quick)
+    serve_speed = served["speed"]
+    serve_drop = served["rows"][1]["accuracy_drop_pt"]
+    print(f"[precision] serving: bf16 = {serve_speed:.2f}x fp32 batch-32 throughput", flush=True)
+
     default_fast = not bf16_faster  # precision auto = fp32 on a CPU
     cpu_flags = _cpu_flags()
     notes = [
@@ -146,9 +221,20 @@ def run(quick: bool) -> dict[str, Any]:
             "bf16 training exceeds its 'ceiling': the generic bf16 kernel is slower on a "
             f"{n}² matmul than on the model's smaller ones, so that matmul bounds nothing here."
         )
+    notes.append(
+        f"Serving: {served['model']}; {served['test_rows']} test rows (stratified) for "
+        f"accuracy, {served['rounds']} alternated rounds of batch-1 calls and one batch of "
+        f"{served['batch']}, {os.cpu_count()} threads. The export at promotion checks "
+        "torch-bf16 only on a CPU with native bf16, so serve.format auto never picks it here."
+    )
     results: dict[str, Any] = {
         "sides": rows,
-        "ratios": {"bf16 / fp32 training tokens/s": speed, "bf16 / fp32 matmul": mm_speed},
+        "serving": served["rows"],
+        "ratios": {
+            "bf16 / fp32 training tokens/s": speed,
+            "bf16 / fp32 matmul": mm_speed,
+            "bf16 / fp32 serving batch-32 examples/s": serve_speed,
+        },
     }
     if accuracy:
         results["accuracy (default budget)"] = {
@@ -175,6 +261,16 @@ def run(quick: bool) -> dict[str, Any]:
                 True,
             ),
             acc_target,
+            target(
+                "the faster CPU serving precision is the default (serve.format: auto)",
+                "bf16 only where it is faster and accuracy holds (within 0.5 pt)",
+                f"bf16 = {serve_speed:.2f}× fp32 batch-32 throughput, "
+                f"accuracy {-serve_drop:+.2f} pt",
+                None if serve_speed is None else serve_speed <= 1.0 or serve_drop > 0.5,
+                ""
+                if serve_speed is not None and serve_speed <= 1.0
+                else "bf16 serves faster here: list torch-bf16 in export.formats",
+            ),
         ],
         "notes": notes,
         "settings": {"matmul_n": n, **{k: v for k, v in base["train"].items()}},
