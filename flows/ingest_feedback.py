@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.steps import load_params_step, pipeline_flow, step
 from tasks.config import load_params
 from tasks.feedback_ingest import (
     RETRAIN_MARK,
@@ -27,14 +28,14 @@ from tasks.feedback_store import FeedbackStore
 from tasks.tracking import record_live_accuracy
 
 
-@task(name="ingest-feedback")
+@step(name="ingest-feedback")
 def ingest_task(params, limit: int | None) -> IngestResult:
     """Merge new feedback into the labeled data (a new DVC version, committed)."""
     with FeedbackStore.from_params(params) as store:
         return ingest_feedback(params, store, limit=limit)
 
 
-@task(name="record-live-accuracy")
+@step(name="record-live-accuracy")
 def live_task(params, live: dict[str, dict[str, float]]) -> None:
     """Tag each served model version with its accuracy on this feedback."""
     record_live_accuracy(params, live)
@@ -52,7 +53,7 @@ def _deployment_exists(name: str) -> bool:
     return True
 
 
-@task(name="trigger-retrain")
+@step(name="trigger-retrain")
 def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str, Any]:
     """Start ``retrain``: a run of its deployment when the Prefect API has one (a
     server set up with ``make deploy``), else the flow itself as a subflow."""
@@ -101,7 +102,7 @@ def _summary(result: IngestResult, reason: str | None, triggered: dict | None) -
     return "\n".join(lines)
 
 
-@flow(name="ingest_feedback", log_prints=True)
+@pipeline_flow(name="ingest_feedback", log_prints=True)
 def ingest_feedback_flow(
     params_path: str = "params.yaml",
     profile: str | None = None,
@@ -114,7 +115,7 @@ def ingest_feedback_flow(
     false only reports whether a retrain is due.
     """
     logger = get_run_logger()
-    params = load_params(params_path, profile)
+    params = load_params_step(params_path, profile)
     result = ingest_task(params, limit)
     if result.live:
         live_task(params, result.live)

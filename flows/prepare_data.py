@@ -1,24 +1,25 @@
 """Prefect flow: import pending label exports, run the validation gate, split.
 
 The retrain flow starts with this one. Each step is a plain function from
-``tasks/`` wrapped as a Prefect task; nothing here re-implements a step.
+``tasks/`` wrapped as a Prefect task; nothing here re-implements a step. A
+failing step names itself in the run's state message (``flows/steps.py``).
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 
-from tasks.config import load_params
+from flows.steps import load_params_step, pipeline_flow, step
 from tasks.errors import DataError
 from tasks.label_import import import_pending
 from tasks.split import write_splits
 from tasks.validate import run_gate
 
-import_pending_task = task(import_pending, name="import-pending-labels")
-split_task = task(write_splits, name="split")
+import_pending_task = step(import_pending, name="import-pending-labels")
+split_task = step(write_splits, name="split")
 
 
-@task(name="validate-data")
+@step(name="validate-data")
 def validate_task(params):
     """Validate labeled data and test split; fail the flow at error severity."""
     logger = get_run_logger()
@@ -41,11 +42,11 @@ def validate_task(params):
     return [str(out_dir / "report.json") for _, out_dir in results]
 
 
-@flow(name="prepare-data", log_prints=True)
+@pipeline_flow(name="prepare-data", log_prints=True)
 def prepare_data(params_path: str = "params.yaml") -> dict:
     """Import pending labels → validation gate → train/val split."""
     logger = get_run_logger()
-    params = load_params(params_path)
+    params = load_params_step(params_path)
     imports = import_pending_task(params)
     for s in imports:
         logger.info(

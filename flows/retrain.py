@@ -3,7 +3,9 @@
 import pending labels → validate → split → train → evaluate → register →
 promotion gate. Parameters show in the Prefect UI; retries happen only on
 transient failures (connection errors, a locked database), never on bad data
-or a failed training run.
+or a failed training run. A failing step names itself in the run's state
+message and the ``notify`` webhook is told (``flows/steps.py``); nothing after
+it runs, so the champion stays.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 
 from flows.prepare_data import import_pending_task, split_task, validate_task
+from flows.steps import load_params_step, pipeline_flow, step
+from tasks import notify
 from tasks.challenger import (
     data_versions,
     evaluate_challenger,
     register_challenger,
     train_challenger,
 )
-from tasks.config import load_params, with_overrides
+from tasks.config import NotifyEvent
 from tasks.promotion import apply
+from tasks.redact import redact_uri
 from tasks.tracking import tracking_uri
 
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
@@ -40,16 +46,16 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-train_task = task(train_challenger, name="train")
-evaluate_task = task(evaluate_challenger, name="evaluate")
-register_task = task(
+train_task = step(train_challenger, name="train")
+evaluate_task = step(evaluate_challenger, name="evaluate")
+register_task = step(
     register_challenger,
     name="register",
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
 )
-promote_task = task(
+promote_task = step(
     apply, name="promotion-gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
 )
 
@@ -77,7 +83,7 @@ def _summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="retrain", log_prints=True)
+@pipeline_flow(name="retrain", log_prints=True)
 def retrain(
     params_path: str = "params.yaml",
     profile: str | None = None,
@@ -93,7 +99,6 @@ def retrain(
     ``gate_rules`` overrides keys of ``gate.*`` (e.g. ``{"min_macro_f1_gain": 0.01}``).
     """
     logger = get_run_logger()
-    params = load_params(params_path, profile)
     train_over = {
         k: v
         for k, v in {
@@ -103,9 +108,7 @@ def retrain(
         }.items()
         if v is not None
     }
-    params = with_overrides(
-        params, {"train": train_over, "gate": gate_rules or {}}, "flow parameters"
-    )
+    params = load_params_step(params_path, profile, {"train": train_over, "gate": gate_rules or {}})
 
     imports = import_pending_task(params)
     validate_task(params)
@@ -129,10 +132,21 @@ def retrain(
         "device": trained.device,
         "data": data_versions(params),
         "imported": [s.source for s in imports],
-        "tracking_uri": tracking_uri(params),
+        "tracking_uri": redact_uri(tracking_uri(params)),  # never a password
     }
     create_markdown_artifact(
         markdown=_summary(result), key="retrain-summary", description="Retrain run summary"
     )
     logger.info(decision.summary)
+    context = FlowRunContext.get()
+    notify.send(
+        params,
+        NotifyEvent.challenger_promoted if promoted else NotifyEvent.challenger_refused,
+        {
+            "flow": "retrain",
+            "flow_run_id": str(context.flow_run.id) if context and context.flow_run else None,
+            **{k: result[k] for k in ("model", "version", "promoted", "decision", "metrics")},
+            "trigger": trigger,
+        },
+    )
     return result

@@ -77,8 +77,24 @@ def _params(path: Path):
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: an error message may hold brackets ("[Errno 2]", a list) that rich
+    # would read as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _run_flow(flow, **parameters):
+    """Run a Prefect flow; its result, or exit 1 printing the run's state message
+    (which step failed and why: ``flows/steps.py``)."""
+    try:
+        state = flow(**parameters, return_state=True)
+    except Exception as exc:  # the run never got going (the Prefect API, bad parameters)
+        raise _fail(f"flow {flow.name} failed: {exc}") from None
+    if not state.is_completed():
+        raise _fail(f"flow {flow.name} {state.name.lower()}: {state.message}")
+    return state.result()
 
 
 def _print_result(result, out_dir: Path) -> None:
@@ -212,10 +228,7 @@ def prepare(params: ParamsOpt = Path("params.yaml")) -> None:
     """Run the Prefect flow `prepare-data`: import pending exports → gate → split."""
     from flows.prepare_data import prepare_data
 
-    try:
-        result = prepare_data(params_path=str(params))
-    except Exception as exc:
-        raise _fail(f"flow prepare-data failed: {exc}") from None
+    result = _run_flow(prepare_data, params_path=str(params))
     out.print(
         f"prepare-data: imported {len(result['imported'])} export(s); gate passed; "
         f"split {result['train_rows']} train / {result['val_rows']} val rows"
@@ -367,17 +380,15 @@ def retrain(
     """Run the Prefect flow `retrain`: labels → validate → train → evaluate → register → gate."""
     from flows.retrain import retrain as retrain_flow
 
-    try:
-        r = retrain_flow(
-            params_path=str(params),
-            profile=profile,
-            epochs=epochs,
-            data_fraction=data_fraction,
-            base_model=base_model,
-            trigger="cli",
-        )
-    except Exception as exc:
-        raise _fail(f"flow retrain failed: {exc}") from None
+    r = _run_flow(
+        retrain_flow,
+        params_path=str(params),
+        profile=profile,
+        epochs=epochs,
+        data_fraction=data_fraction,
+        base_model=base_model,
+        trigger="cli",
+    )
     verdict = "[green]promoted to champion[/]" if r["promoted"] else "[yellow]not promoted[/]"
     out.print(
         f"{r['model']} version {r['version']}: accuracy {r['metrics']['accuracy']:.4f}, "
@@ -440,12 +451,9 @@ def ingest_feedback(
     when a threshold is crossed."""
     from flows.ingest_feedback import ingest_feedback_flow
 
-    try:
-        r = ingest_feedback_flow(
-            params_path=str(params), trigger_retrain=not no_retrain, limit=limit
-        )
-    except Exception as exc:
-        raise _fail(f"flow ingest_feedback failed: {exc}") from None
+    r = _run_flow(
+        ingest_feedback_flow, params_path=str(params), trigger_retrain=not no_retrain, limit=limit
+    )
     out.print(
         f"feedback read {r['read']}: {r['added']} added, {r['corrected']} corrected, "
         f"{r['quarantined']} quarantined; watermark {r['watermark']}"
