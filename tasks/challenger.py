@@ -6,6 +6,7 @@ These are the steps the dvc stages (``train``, ``evaluate``), the CLI and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 from tasks.config import Params
 from tasks.dataset import LabeledPaths, load_label_set, read_table, read_test, write_json_atomic
 from tasks.errors import DataError
-from tasks.evaluate import METRICS_FILE, EvalResult, evaluate_model
+from tasks.evaluate import METRICS_FILE, REPORT_FILE, EvalResult, evaluate_model
 from tasks.tracking import actor, configure, flatten, git_commit, log_dataset, log_model, register
 from tasks.versioning import data_hash
 
@@ -39,6 +40,19 @@ def _splits(params: Params):
     if not (folder / "train.csv").exists():
         raise DataError(f"{folder}: no train/val split; run `slmops split` (or the flow) first")
     return read_table(folder / "train.csv"), read_table(folder / "val.csv")
+
+
+def model_digest(model_dir: Path) -> str:
+    """sha256 of the model's config, labels and weights: names what an evaluation evaluated."""
+    h = hashlib.sha256()
+    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]
+    files += [f for f in (model_dir / "labels.json",) if f.exists()]
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def data_versions(params: Params) -> dict[str, str]:
@@ -110,6 +124,7 @@ def evaluate_challenger(params: Params, model_dir: Path | None = None) -> EvalRe
         params.evaluate,
         params.path(params.evaluate.output_dir),
         val=val,
+        model=model_digest(model_dir),
     )
 
 
@@ -129,8 +144,16 @@ def register_challenger(
     try:
         training = json.loads((model_dir / TRAINING_FILE).read_text())
         metrics: dict[str, Any] = json.loads((eval_dir / METRICS_FILE).read_text())
+        evaluated = json.loads((eval_dir / REPORT_FILE).read_text()).get("model")
     except FileNotFoundError as exc:
         raise DataError(f"{exc.filename}: missing; train and evaluate before registering") from None
+    if evaluated != model_digest(model_dir):
+        # An evaluation of an earlier model, or one killed before it wrote report.json.
+        raise DataError(
+            f"{eval_dir}: the evaluation is not of the model in {model_dir} "
+            "(evaluation interrupted, or the model was retrained since); "
+            "run `slmops evaluate` before registering"
+        )
     data = training.get("data") or data_versions(params)
     if data != data_versions(params):
         raise DataError(

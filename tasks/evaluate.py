@@ -4,6 +4,10 @@ Writes ``metrics.json`` (the headline numbers, for ``dvc metrics show``),
 ``report.json`` (per-class metrics, slices, calibration bins), per-example
 ``predictions.csv`` (what the promotion gate compares), the PNG plots, and the
 JSON rows that ``dvc plots show`` renders.
+
+``report.json`` is written last and names the model it evaluated (``model``), so
+a run killed part-way leaves a report that still names the previous model (or
+none): registration compares it with the model on disk and refuses a mismatch.
 """
 
 from __future__ import annotations
@@ -88,8 +92,12 @@ def evaluate_model(
     out_dir: Path,
     *,
     val: pd.DataFrame | None = None,
+    model: str | None = None,
 ) -> EvalResult:
-    """Evaluate on the test split (and slice by data source on ``val`` when given)."""
+    """Evaluate on the test split (and slice by data source on ``val`` when given).
+
+    ``model`` (a digest of the evaluated model's files) is recorded in the report.
+    """
     labels = predictor.labels
     start = time.perf_counter()
     preds, probs = predict_frame(predictor, test, cfg.batch_size)
@@ -118,16 +126,17 @@ def evaluate_model(
         **measure_latency(predictor, test["text"].tolist(), cfg.latency_samples),
     }
     report["metrics"] = metrics
+    report["model"] = model
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = out_dir / "plots"
     write_json_atomic(metrics, out_dir / METRICS_FILE)
-    write_json_atomic(report, out_dir / REPORT_FILE)
     write_csv_atomic(preds, out_dir / PREDICTIONS_FILE)
     write_json_atomic(confusion_rows(preds["label"], preds["pred"]), plots / "confusion.json")
     write_json_atomic(reliability_rows(bins), plots / "reliability.json")
     plot_confusion_matrix(preds["label"], preds["pred"], labels, plots / "confusion_matrix.png")
     plot_reliability(bins, plots / "reliability.png")
+    write_json_atomic(report, out_dir / REPORT_FILE)  # last: it says the files are complete
     log.info(
         "test accuracy %.4f, macro-F1 %.4f, ECE %.4f on %d examples",
         metrics["accuracy"],

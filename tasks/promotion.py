@@ -3,6 +3,13 @@
 The ``champion`` alias is what serves; ``previous`` is the champion before it.
 Every decision (promotion, refusal, manual promotion, rollback) is appended to
 the ledger, because MLflow keeps no history of alias moves.
+
+The alias and the ledger live in two stores and cannot change together: a
+promotion tags the version, exports its formats, moves the aliases and only then
+writes the ledger. A process killed between the alias move and the ledger write
+leaves a champion the ledger does not name; the next promotion or rollback
+(:func:`reconcile`) finds the disagreement and records the champion it finds,
+with the gate decision tagged on that version, before doing anything else.
 """
 
 from __future__ import annotations
@@ -89,6 +96,52 @@ def load_evaluated(mlflow_client, name: str, version: str) -> Evaluated:
     return Evaluated(str(version), report, predictions, mv.tags.get(TAG_TEST_HASH, ""), mv.run_id)
 
 
+def reconcile(params: Params, mc=None, *, who: str | None = None) -> dict[str, Any] | None:
+    """Make the ledger agree with the ``champion`` alias after a crash between the two.
+
+    When the ledger's last ``champion_after`` is not the version the alias points
+    to (a promotion or rollback killed after its alias move, before its ledger
+    entry), append a ``reconcile`` entry recording the alias as found, with the
+    version's gate tags, and point ``previous`` at the champion the ledger named.
+    Returns the entry, or None when they agree.
+    """
+    mc = mc or client(params)
+    name = params.registry.model_name
+    path = params.path(params.registry.ledger)
+    entries = [e for e in ledger.read(path) if e.get("model") == name]
+    recorded = entries[-1].get("champion_after") if entries else None
+    recorded = str(recorded) if recorded is not None else None
+    found = alias_version(mc, name, CHAMPION)
+    if found == recorded:
+        return None
+    tags = mc.get_model_version(name, found).tags if found else {}
+    if found and recorded and alias_version(mc, name, PREVIOUS) != recorded:
+        mc.set_registered_model_alias(name, PREVIOUS, recorded)  # what the move would have set
+    log.warning(
+        "%s: the champion alias is at version %s but the ledger's last entry says %s "
+        "(a promotion or rollback was interrupted before its ledger entry); recording it",
+        name,
+        found,
+        recorded,
+    )
+    return ledger.append(
+        path,
+        {
+            "action": "reconcile",
+            "model": name,
+            "version": found,
+            "champion_before": recorded,
+            "champion_after": found,
+            "promoted": found is not None,
+            "actor": who or actor(),
+            "reason": f"champion alias found at version {found} while the ledger named "
+            f"{recorded}: an interrupted promotion or rollback, recorded afterwards "
+            f"(gate: {tags.get(TAG_DECISION, 'none')})",
+            "gate": {"decision": tags.get(TAG_DECISION), "summary": tags.get(TAG_SUMMARY)},
+        },
+    )
+
+
 def judge(challenger: Evaluated, champion: Evaluated | None, rules: GateConfig) -> GateDecision:
     """Apply the gate to two evaluations made on the same test rows."""
     if champion is not None:
@@ -134,6 +187,7 @@ def apply(
     """
     mc = client(params)
     name = params.registry.model_name
+    reconcile(params, mc, who=who)
     current = alias_version(mc, name, CHAMPION)
     if current == str(version):
         raise PromotionError(f"{name} version {version} is already the champion")
@@ -179,6 +233,7 @@ def rollback(params: Params, *, who: str | None = None, reason: str = "") -> dic
     """Move ``champion`` back to ``previous`` (and ``previous`` to the demoted version)."""
     mc = client(params)
     name = params.registry.model_name
+    reconcile(params, mc, who=who)
     current = alias_version(mc, name, CHAMPION)
     previous = alias_version(mc, name, PREVIOUS)
     if current is None or previous is None:
