@@ -26,6 +26,17 @@ from benchmarks.common import BENCH_DIR, results_dir
 
 HEADER = "Benchmark results"
 STATUS = {True: "met", False: "**NOT met**", None: "not measured"}
+REPORTED = "reported"  # a figure without a pass/fail goal (e.g. peak memory), or not judged
+
+
+def status(t: dict[str, Any]) -> str:
+    """A target's status column: met / NOT met, else reported (a figure) or not measured."""
+    met = t.get("met")
+    if met is None and t.get("measured") is not None:
+        return REPORTED
+    return STATUS.get(met, str(met))
+
+
 # Machine fields that, when they differ from the first result's, are shown for a benchmark.
 MACHINE_KEYS = ("cpu", "cores", "gpu", "torch_threads", "ram_gib")
 
@@ -169,15 +180,16 @@ def render(records: Sequence[dict[str, Any]], *, quick: bool = False) -> str:
                     t.get("what"),
                     t.get("target"),
                     t.get("measured"),
-                    STATUS.get(t.get("met"), str(t.get("met"))),
+                    status(t),
                     t.get("note", ""),
                 ]
             )
-    counts = {label: sum(1 for row in rows if row[4] == label) for label in STATUS.values()}
+    labels = [*STATUS.values(), REPORTED]
+    counts = {label: sum(1 for row in rows if row[4] == label) for label in labels}
     failed = sum(1 for row in rows if row[4] == "**FAILED**")
     summary = (
         f"{counts[STATUS[True]]} met, {counts[STATUS[False]]} not met, "
-        f"{counts[STATUS[None]]} not measured"
+        f"{counts[REPORTED]} reported without a goal, {counts[STATUS[None]]} not measured"
     )
     if failed:
         summary += f"; {failed} benchmark(s) failed"
@@ -219,7 +231,7 @@ def render(records: Sequence[dict[str, Any]], *, quick: bool = False) -> str:
                 ["what", "target", "measured", "status", "note"],
                 [
                     [t.get("what"), t.get("target"), t.get("measured"),
-                     STATUS.get(t.get("met"), str(t.get("met"))), t.get("note", "")]
+                     status(t), t.get("note", "")]
                     for t in rec["targets"]
                 ],
             )  # fmt: skip

@@ -111,6 +111,7 @@ def payload() -> dict:
             target("throughput vs Trainer", ">= 2x", 2.25, True),
             target("accuracy vs Trainer", "within 0.3 pt", -0.5, False, "one seed only"),
             target("GPU MFU", "reported", None, None, "no GPU on this machine"),
+            target("peak memory", "reported", "700 MiB", None),
         ],
         "notes": ["sides alternated in one process"],
     }
@@ -135,7 +136,8 @@ def test_write_result_and_render(tmp_path: Path) -> None:
     assert "torch" in record["machine"]["libraries"]
 
     page = render(load(directory=tmp_path), quick=True)
-    assert "1 met, 1 not met, 1 not measured." in page
+    assert "1 met, 1 not met, 1 reported without a goal, 1 not measured." in page
+    assert "| 700 MiB | reported |" in page
     assert "**NOT met**" in page and "one seed only" in page
     assert "no GPU on this machine" in page
     assert "`python -m benchmarks`" in page
