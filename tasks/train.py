@@ -492,6 +492,7 @@ def _train(
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
                 base,
+                use_safetensors=True,  # a base model's pickle weights are never unpickled
                 num_labels=len(labels),
                 id2label=dict(enumerate(labels)),
                 label2id=label_index,

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tasks.config import TrainConfig
 from tasks.inference import Predictor, load_predictor
-from tests.tasks.tiny_model import TINY_LABELS, make_tiny_model
+from tasks.train import train_model
+from tests.tasks.tiny_model import TINY_LABELS, make_tiny_model, tiny_frames
 
 
 class _Payload:
@@ -42,3 +44,12 @@ def test_pickle_weights_are_refused_and_never_unpickled(pickle_only_model, fmt):
 def test_safetensors_weights_load(tmp_path):
     folder = make_tiny_model(tmp_path / "model", TINY_LABELS)
     assert Predictor.from_dir(folder, device="cpu").labels == TINY_LABELS
+
+
+def test_a_pickle_only_base_model_is_refused_for_training(pickle_only_model, tmp_path):
+    folder, marker = pickle_only_model
+    cfg = TrainConfig(base_model=str(folder), epochs=1, device="cpu", num_threads=1)
+    with pytest.raises(OSError, match=r"model\.safetensors"):
+        train_model(*tiny_frames(), TINY_LABELS, cfg, tmp_path / "out", tmp_path / "ck",
+                    progress=False)  # fmt: skip
+    assert not marker.exists()
