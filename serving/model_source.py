@@ -54,6 +54,7 @@ from tasks.export import (
 )
 from tasks.inference import ONNX_FORMATS, BasePredictor, load_predictor
 from tasks.promotion import CHAMPION
+from tasks.redact import redact_text
 from tasks.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,14 @@ FALLBACK_FORMAT = ServeFormat.torch.value
 
 
 class ModelSourceError(RuntimeError):
-    """A model version cannot be resolved, downloaded or loaded (the message says why)."""
+    """A model version cannot be resolved, downloaded or loaded (the message says why).
+
+    The message often quotes MLflow's error, which can hold the tracking URI: any
+    password in a URI is masked, since it reaches the log, ``/health`` and ``/model``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_text(message))
 
 
 class NoChampion(ModelSourceError):

@@ -164,3 +164,11 @@ def test_with_polling_off_a_failed_first_load_is_retried_until_served(params, re
         stop.set()
         poller.join(timeout=10)
     assert not poller.is_alive()  # with a model served, the retry loop has ended
+
+
+def test_errors_mask_a_password_in_a_quoted_uri():
+    from serving.model_source import ModelSourceError, NoChampion
+
+    for cls in (ModelSourceError, NoChampion):
+        err = cls("registry unreachable: postgresql://mlflow:hunter2@db:5432/mlflow refused")
+        assert "hunter2" not in str(err) and "mlflow:***@db:5432" in str(err)
