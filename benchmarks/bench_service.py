@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO, alternate, median, percentiles, ratio, target
+from serving.background import free_port
 
 NAME = "service"
 HOST = "127.0.0.1"
@@ -290,15 +291,6 @@ def bench_params(workdir: Path, overrides: dict[str, Any]) -> Any:
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
