@@ -1,22 +1,7 @@
-import sys
-
 import pandas as pd
 import pytest
 
-from slmops.cli import main
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run `slmops <args>` in-process; return the exit code and all output."""
-    monkeypatch.setattr(sys, "argv", ["slmops", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # rich wraps long messages otherwise
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+from tests.slmops.run_cli import cli
 
 
 def test_help_lists_the_commands(monkeypatch, capsys):

@@ -6,32 +6,18 @@ from __future__ import annotations
 
 import codecs
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from slmops.cli import main
 from tasks.config import load_params
 from tasks.versioning import track
 from tests.conftest import GIT_IDENTITY, dvc_project, run
+from tests.slmops.run_cli import cli
 from tests.snapshots import labeled_state
 
 FRESH = "my replacement card has still not arrived after ten days"
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run `slmops <args>` in-process; return the exit code and all output."""
-    monkeypatch.setattr(sys, "argv", ["slmops", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # rich wraps long messages otherwise
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 USAGE = [
