@@ -1,11 +1,14 @@
 """Labeled data from annotation tools: read an export into votes, resolve votes into labels.
 
-Three export formats are read:
+Five export formats are read:
 
 - ``label_studio_json``: Label Studio's full JSON export (tasks with ``data``,
   ``annotations`` and ``predictions``);
 - ``label_studio_min``: Label Studio's JSON-MIN export (one flat object per annotation);
-- ``csv``: a table with a text, a label and optionally an annotator column.
+- ``csv``: a table with a text, a label and optionally an annotator column;
+- ``conll`` (NER): token and BIO tag per line (:mod:`tasks.ner.conll`);
+- ``label_studio_spans`` (NER): a full JSON or JSON-MIN export of ``<Labels>``
+  span regions (:mod:`tasks.ner.label_studio`); a vote's label is canonical span JSON.
 
 Every format becomes the same table of votes (one row per annotator's label for
 a text). Problems with the file's structure raise :class:`DataError` naming the
@@ -30,7 +33,7 @@ import pandas as pd
 from tasks.config import ImportConfig
 from tasks.errors import DataError
 
-FORMATS = ("label_studio_json", "label_studio_min", "csv")
+FORMATS = ("label_studio_json", "label_studio_min", "csv", "conll", "label_studio_spans")
 
 VOTE_COLUMNS = ("text", "label", "annotator", "source_id")
 REJECTED_COLUMNS = ("text", "label", "source_id", "reason")
@@ -47,6 +50,7 @@ _MIN_METADATA_KEYS = frozenset(
 )
 _CSV_SUFFIXES = (".csv", ".tsv")
 _JSON_SUFFIXES = (".json",)
+_CONLL_SUFFIXES = (".conll",)
 _UTF8_BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -142,7 +146,12 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _json_format(data: list[Any]) -> str:
+def _json_format(data: list[Any], cfg: ImportConfig | None = None) -> str:
+    # Imported here: tasks.ner.label_studio builds on this module.
+    from tasks.ner.label_studio import is_span_export
+
+    if is_span_export(data, cfg):
+        return "label_studio_spans"
     # Only the full export nests annotations in each task; an empty list holds no votes
     # either way.
     first = data[0] if data else None
@@ -157,22 +166,28 @@ def _check_suffix(path: Path) -> str:
         return "csv"
     if suffix in _JSON_SUFFIXES:
         return "json"
+    if suffix in _CONLL_SUFFIXES:
+        return "conll"
     raise DataError(
         f"{path}: unknown file type {suffix or '(no extension)'!r}: "
-        "expected .json (Label Studio JSON or JSON-MIN export), .csv or .tsv"
+        "expected .json (Label Studio JSON or JSON-MIN export), .csv, .tsv or .conll"
     )
 
 
 def detect_format(path: Path) -> str:
     """Which of :data:`FORMATS` a file is in, from its extension and, for JSON, its content.
 
-    ``.csv``/``.tsv`` is ``csv``. For ``.json`` the first element decides: an object
-    with an ``annotations`` key is a full Label Studio export, anything else JSON-MIN.
-    Raises :class:`DataError` naming the file for an unknown extension or unreadable JSON.
+    ``.csv``/``.tsv`` is ``csv``, ``.conll`` is ``conll``. For ``.json``, an export
+    whose regions are span labels (``type: "labels"``, or JSON-MIN lists of
+    ``{start, end, labels}``) is ``label_studio_spans``; otherwise the first element
+    decides: an object with an ``annotations`` key is a full Label Studio export,
+    anything else JSON-MIN. Raises :class:`DataError` naming the file for an unknown
+    extension or unreadable JSON.
     """
     path = Path(path)
-    if _check_suffix(path) == "csv":
-        return "csv"
+    kind = _check_suffix(path)
+    if kind != "json":
+        return kind
     return _json_format(_load_json(path))
 
 
@@ -187,13 +202,22 @@ def read_votes(path: str | Path, cfg: ImportConfig, fmt: str | None = None) -> V
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt is None:
-        fmt = "csv" if _check_suffix(path) == "csv" else None
+        kind = _check_suffix(path)
+        fmt = kind if kind != "json" else None
     if fmt == "csv":
         votes, rejected = _read_csv(path, cfg)
         return VoteTable(votes, rejected, "csv")
+    if fmt == "conll":
+        from tasks.ner.conll import read_conll  # imported here: it builds on this module
+
+        return read_conll(path)
 
     data = _load_json(path)
-    fmt = fmt or _json_format(data)
+    fmt = fmt or _json_format(data, cfg)
+    if fmt == "label_studio_spans":
+        from tasks.ner.label_studio import read_label_studio_spans
+
+        return read_label_studio_spans(path, cfg, data)
     if fmt == "label_studio_json":
         votes, rejected = _read_label_studio_json(path, data, cfg)
     else:
@@ -339,6 +363,21 @@ def _annotation_choices(
     return labels or None
 
 
+def check_task(path: Path, task: Any, index: int) -> str:
+    """Where a task of a full export is (for messages), once it is an object with a
+    ``data`` object; :class:`DataError` naming the file and the task otherwise."""
+    where = _where(task, index)
+    if not isinstance(task, dict):
+        raise DataError(f"{path}: {where}: expected an object, got {_type_name(task)}")
+    if "data" not in task:
+        raise DataError(f"{path}: {where}: data: missing")
+    if not isinstance(task["data"], dict):
+        raise DataError(
+            f"{path}: {where}: data: expected an object, got {_type_name(task['data'])}"
+        )
+    return where
+
+
 def _read_label_studio_json(
     path: Path, data: list[Any], cfg: ImportConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -347,15 +386,7 @@ def _read_label_studio_json(
     rows = _Rows()
 
     for i, task in enumerate(data):
-        where = _where(task, i)
-        if not isinstance(task, dict):
-            raise DataError(f"{path}: {where}: expected an object, got {_type_name(task)}")
-        if "data" not in task:
-            raise DataError(f"{path}: {where}: data: missing")
-        if not isinstance(task["data"], dict):
-            raise DataError(
-                f"{path}: {where}: data: expected an object, got {_type_name(task['data'])}"
-            )
+        where = check_task(path, task, i)
         text = _text(path, task, i, field, "data")
         source_id = _source_id(task, i)
         if "annotations" not in task:

@@ -4,12 +4,18 @@ Every check is a GX expectation tagged with the check's name, run through one
 checkpoint that also builds GX's HTML Data Docs. Rows that fail a row-level
 check are quarantined with the reason; whether a failure stops the pipeline is
 the check's configured severity (``error`` stops, ``warn`` reports).
+
+The engine (:func:`run_checks`) is shared by the task types; what differs
+(derived columns, expectations, reasons) is a :class:`GateSpec`. This module
+holds the classification gate (:func:`validate_frame`); the token
+classification gate is :func:`tasks.ner.validate.validate_entities_frame`.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,8 +150,9 @@ def _context(docs_dir: Path | None):
     return ctx
 
 
-def _frame(df: pd.DataFrame, label_set: list[str], test_texts: pd.Series | None) -> pd.DataFrame:
-    """The frame GX checks: the data plus derived columns (row number, normalised text)."""
+def _base_frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
+    """The data plus the derived columns every task's gate uses: row number, blank
+    text and label as missing, normalised text and whether it is in the test split."""
     out = df.copy()
     out.insert(0, ROW, range(1, len(df) + 1))
     if "text" in out:
@@ -161,12 +168,38 @@ def _frame(df: pd.DataFrame, label_set: list[str], test_texts: pd.Series | None)
         label = out["label"]
         blank = label.isna() | label.astype(str).str.strip().eq("")
         out["label"] = label.where(~blank, None)
+    return out
+
+
+def _frame(df: pd.DataFrame, label_set: list[str], test_texts: pd.Series | None) -> pd.DataFrame:
+    """The frame GX checks: the data plus derived columns (row number, normalised text)."""
+    out = _base_frame(df, test_texts)
+    if "label" in out:
         # Per-row size of the row's class; unknown labels are label_in_set's business
         # (NaN here, which GX skips). float64, not Int64: GX compares a numpy column in
         # one vectorised step but calls a Python function per value of an extension dtype.
         known = out["label"].where(out["label"].isin(label_set))
         out["_label_count"] = known.groupby(known).transform("size").astype("float64")
     return out
+
+
+def _schema(required: tuple[str, ...]) -> tuple[str, Any]:
+    import great_expectations.expectations as gxe
+
+    return (
+        "schema",
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(required), exact_match=False),
+    )
+
+
+def _enabled(
+    wanted: list[tuple[str, Any]], severity: Callable[[str], Severity]
+) -> list[tuple[str, Any]]:
+    """The pairs whose check is not switched off, each tagged with its check's name."""
+    enabled = [(c, e) for c, e in wanted if severity(c) != Severity.off]
+    for check, exp in enabled:
+        exp.meta = {"check": check}
+    return enabled
 
 
 def _expectations(
@@ -179,10 +212,7 @@ def _expectations(
     import great_expectations.expectations as gxe
 
     v = params.validation
-    sev = v.severity
-    wanted: list[tuple[str, Any]] = [
-        ("schema", gxe.ExpectTableColumnsToMatchSet(column_set=list(required), exact_match=False))
-    ]
+    wanted: list[tuple[str, Any]] = [_schema(required)]
     has_text, has_label = "text" in columns, "label" in columns
     if has_text:
         wanted += [
@@ -220,10 +250,7 @@ def _expectations(
                 gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=label_set),
             ),
         ]
-    enabled = [(c, e) for c, e in wanted if sev.of(c) != Severity.off]
-    for check, exp in enabled:
-        exp.meta = {"check": check}
-    return enabled
+    return _enabled(wanted, v.severity.of)
 
 
 def _run_checkpoint(frame: pd.DataFrame, expectations: list, docs_dir: Path | None) -> list:
@@ -302,6 +329,49 @@ def _row_reasons(
     return {}
 
 
+@dataclass(frozen=True)
+class GateSpec:
+    """What one task type's gate checks; :func:`run_checks` runs it.
+
+    - ``checks``: every check, in the order they are reported; ``row_checks``,
+      those that quarantine the rows they flag (the others only pass or fail);
+    - ``frame``: the frame GX checks, from the data (its index reset): the data
+      plus derived columns, starting with ``row`` (:data:`ROW`, 1-based);
+    - ``expectations``: ``(check, expectation)`` pairs, schema included, given
+      the frame's columns; the checks at severity ``off`` are dropped by the engine;
+    - ``row_reasons``: ``(check, column, rows, frame)`` → a reason per failing
+      row (rows it leaves out are not quarantined: first of duplicates);
+    - ``table_message``: ``(check, result, frame)`` → ``(unexpected count,
+      message)`` for a failed expectation of a check that is not a row check;
+    - ``severity``: a check's severity by name.
+    """
+
+    checks: tuple[str, ...]
+    row_checks: tuple[str, ...]
+    frame: Callable[[pd.DataFrame], pd.DataFrame]
+    expectations: Callable[[set[str]], list[tuple[str, Any]]]
+    row_reasons: Callable[[str, str, list[int], pd.DataFrame], dict[int, str]]
+    table_message: Callable[[str, Any, pd.DataFrame], tuple[int, str]]
+    severity: Callable[[str], Severity]
+
+
+def _class_table_message(
+    check: str, res: Any, frame: pd.DataFrame, params: Params, label_set: list[str]
+) -> tuple[int, str]:
+    """min_examples_per_class of the classification gate: labels absent or too rare."""
+    if res.expectation_config.type == "expect_column_distinct_values_to_contain_set":
+        absent = sorted(set(label_set) - set(frame["label"].dropna()))
+        return len(absent), f"{len(absent)} label(s) with no examples: {', '.join(absent[:20])}"
+    detail = res.result or {}
+    rows = [int(i[ROW]) for i in detail.get("unexpected_index_list") or []]
+    counts = frame.loc[frame[ROW].isin(rows)].groupby("label").size()
+    listed = ", ".join(f"{k} ({n})" for k, n in counts.sort_values().items())
+    return len(counts), (
+        f"{len(counts)} label(s) with fewer than "
+        f"{params.validation.min_examples_per_class} examples: {listed}"
+    )
+
+
 def validate_frame(
     df: pd.DataFrame,
     params: Params,
@@ -319,16 +389,48 @@ def validate_frame(
     of any severity are quarantined; ``ValidationResult.passed`` is False when
     a check at error severity failed.
     """
-    frame = _frame(df.reset_index(drop=True), label_set, test_texts)
-    expectations = _expectations(set(frame.columns), required, params, label_set)
+    spec = GateSpec(
+        checks=CHECKS,
+        row_checks=ROW_CHECKS,
+        frame=lambda d: _frame(d, label_set, test_texts),
+        expectations=lambda columns: _expectations(columns, required, params, label_set),
+        row_reasons=lambda c, col, rows, f: _row_reasons(c, col, rows, f, params),
+        table_message=lambda c, res, f: _class_table_message(c, res, f, params, label_set),
+        severity=params.validation.severity.of,
+    )
+    return run_checks(
+        df,
+        spec,
+        dataset=dataset,
+        required=required,
+        docs_dir=docs_dir,
+        sample_rows=params.validation.sample_rows,
+    )
+
+
+def run_checks(
+    df: pd.DataFrame,
+    spec: GateSpec,
+    *,
+    dataset: str = "dataset",
+    required: tuple[str, ...] = REQUIRED_COLUMNS,
+    docs_dir: Path | None = None,
+    sample_rows: int = 5,
+) -> ValidationResult:
+    """The gate's engine: run ``spec``'s expectations on ``df`` and sort rows into
+    kept and quarantined (with a reason per check that flagged them).
+
+    ``required`` names the columns the schema check reports as missing.
+    """
+    frame = spec.frame(df.reset_index(drop=True))
+    expectations = _enabled(spec.expectations(set(frame.columns)), spec.severity)
     results = _run_checkpoint(frame, expectations, docs_dir)
 
-    sev = params.validation.severity
     outcomes: dict[str, CheckOutcome] = {}
     reasons: dict[int, list[tuple[str, str]]] = {}
     for res in results:
         check = res.expectation_config.meta["check"]
-        severity = sev.of(check)
+        severity = spec.severity(check)
         out = outcomes.setdefault(check, CheckOutcome(check, severity, True))
         out.expectations.append(f"{res.expectation_config.type}({_column(res)})")
         if res.exception_info and res.exception_info.get("raised_exception"):
@@ -343,23 +445,14 @@ def validate_frame(
             missing = sorted(set(required) - set(df.columns))
             out.message = f"missing column(s): {', '.join(missing)}; found {', '.join(df.columns)}"
             continue
-        if res.expectation_config.type == "expect_column_distinct_values_to_contain_set":
-            absent = sorted(set(label_set) - set(frame["label"].dropna()))
-            out.message += f"{len(absent)} label(s) with no examples: {', '.join(absent[:20])}; "
-            out.unexpected_count += len(absent)
+        if check not in spec.row_checks:
+            count, message = spec.table_message(check, res, frame)
+            out.unexpected_count += count
+            out.message += f"{message}; "
             continue
         rows = [int(i[ROW]) for i in detail.get("unexpected_index_list") or []]
-        if check == "min_examples_per_class":
-            counts = frame.loc[frame[ROW].isin(rows)].groupby("label").size()
-            out.unexpected_count += len(counts)
-            listed = ", ".join(f"{k} ({n})" for k, n in counts.sort_values().items())
-            out.message += (
-                f"{len(counts)} label(s) with fewer than "
-                f"{params.validation.min_examples_per_class} examples: {listed}; "
-            )
-            continue
         listed_rows = set(out.rows)  # a set: `in` on the list made thousands of rows O(n²)
-        for r, why in _row_reasons(check, _column(res), rows, frame, params).items():
+        for r, why in spec.row_reasons(check, _column(res), rows, frame).items():
             reasons.setdefault(r, []).append((check, why))
             if r not in listed_rows:
                 listed_rows.add(r)
@@ -372,10 +465,10 @@ def validate_frame(
             out.unexpected_count = len(out.rows)
             out.success = False
             out.message = f"{len(out.rows)} row(s), " + _describe(out.rows, reasons, out.check)
-            out.sample = _sample(frame, out.rows, reasons, out.check, params.validation.sample_rows)
-        elif out.check in ROW_CHECKS and not out.message:
+            out.sample = _sample(frame, out.rows, reasons, out.check, sample_rows)
+        elif out.check in spec.row_checks and not out.message:
             out.success = True  # e.g. only first occurrences of duplicates were flagged
-    checks = [outcomes[c] for c in CHECKS if c in outcomes]
+    checks = [outcomes[c] for c in spec.checks if c in outcomes]
 
     bad = sorted(reasons)
     keep = ~frame[ROW].isin(bad)
@@ -458,7 +551,9 @@ def validate_file(
     same_as_test = paths.test.exists() and path.resolve() == paths.test.resolve()
     test_texts = read_test(params)["text"] if leakage and not same_as_test else None
     out_dir = out_dir or params.path(params.validation.report_dir) / path.stem
-    result = validate_frame(
+    from tasks.task_types import task_type  # task_types builds on this module
+
+    result = task_type(params).validate_frame(
         df,
         params,
         load_label_set(params),

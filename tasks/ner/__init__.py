@@ -1,0 +1,1 @@
+"""Named-entity recognition (token classification): spans, BIO tags and their files."""
