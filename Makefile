@@ -52,5 +52,5 @@ services-stop:  ## stop the services started by `make services`
 services-status:  ## which services are running
 	./infra/services.sh status
 
-deploy: setup  ## register the retrain (weekly) and ingest_feedback (hourly) deployments
+deploy: setup  ## register the retrain (weekly), ingest_feedback (hourly) and monitor deployments
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments

@@ -1,7 +1,8 @@
-"""Register the ``retrain`` and ``ingest_feedback`` deployments on a Prefect server.
+"""Register the ``retrain``, ``ingest_feedback`` and ``monitor`` deployments on a Prefect server.
 
 ``retrain/weekly`` runs on a cron schedule, ``ingest_feedback/hourly`` on an
-interval; both run on a work pool (a process pool is created when the server
+interval, ``monitor/scheduled`` on the interval (or cron) of the params file's
+``monitoring`` section; all run on a work pool (a process pool is created when the server
 has none of that name) from the source of this checkout, and their parameters
 can be edited in the Prefect UI before a run (Run → Custom run). Run it with
 ``make deploy`` (or ``python -m flows.deployments --help``) once the services
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import Flow
 from prefect.client.orchestration import get_client
@@ -26,15 +28,19 @@ from prefect.exceptions import ObjectNotFound
 REPO = Path(__file__).resolve().parents[1]
 RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
 INGEST_ENTRYPOINT = "flows/ingest_feedback.py:ingest_feedback_flow"
+MONITOR_ENTRYPOINT = "flows/monitor.py:monitor"
 DEFAULT_POOL = "slmops-process"
 
 
 @dataclass(frozen=True)
 class Schedules:
-    """When the deployments run (defaults: retrain Mondays 03:00 UTC, ingestion hourly)."""
+    """When the deployments run (defaults: retrain Mondays 03:00 UTC, ingestion hourly,
+    monitoring as ``monitoring.schedule_*`` of the params file says: hourly)."""
 
     retrain_cron: str = "0 3 * * 1"
     ingest_every_s: int = 3600
+    monitor_every_s: int | None = None  # None: monitoring.schedule_every_seconds
+    monitor_cron: str | None = None  # None: monitoring.schedule_cron (if set, wins)
 
 
 def ensure_pool(name: str) -> bool:
@@ -67,7 +73,7 @@ def deploy_all(
     schedules: Schedules = Schedules(),
     paused: bool = False,
 ) -> dict[str, str]:
-    """Create or update both deployments; returns ``{"flow/deployment": id}``.
+    """Create or update the deployments; returns ``{"flow/deployment": id}``.
 
     ``root`` is the checkout the worker runs the flows from; ``params_path`` the
     params file the runs read by default (default: ``root/params.yaml``), so a
@@ -80,6 +86,7 @@ def deploy_all(
     if not params_file.is_file():
         raise FileNotFoundError(f"{params_file}: no such params file")
     ensure_pool(pool)
+    monitor_schedule = _monitor_schedule(params_file, schedules)
     deployed = {}
     for entrypoint, name, schedule, parameters, description in (
         (
@@ -96,6 +103,14 @@ def deploy_all(
             {"params_path": str(params_file)},
             "Ingest user feedback into the labeled data; retrain past a threshold.",
         ),
+        (
+            MONITOR_ENTRYPOINT,
+            "scheduled",
+            monitor_schedule,
+            {"params_path": str(params_file)},
+            "Compare the champion's live predictions with its test-set predictions; "
+            "alert (webhook, Prefect event slmops.monitoring.alert) when a check fires.",
+        ),
     ):
         # A local folder as the source: the deployment's pull step runs the flow
         # in that folder (no copy, no git clone), so code changes apply at the next run.
@@ -111,6 +126,21 @@ def deploy_all(
         )
         deployed[f"{flow.name}/{name}"] = str(deployment.apply(work_pool_name=pool))
     return deployed
+
+
+def _monitor_schedule(params_file: Path, schedules: Schedules) -> dict[str, Any]:
+    """``{"cron": ...}`` or ``{"interval": ...}`` for ``monitor/scheduled``: the command
+    line's, else the params file's ``monitoring.schedule_cron`` / ``schedule_every_seconds``."""
+    from tasks.config import load_params
+
+    if schedules.monitor_cron:
+        return {"cron": schedules.monitor_cron}
+    if schedules.monitor_every_s:
+        return {"interval": schedules.monitor_every_s}
+    cfg = load_params(params_file).monitoring
+    if cfg.schedule_cron:
+        return {"cron": cfg.schedule_cron}
+    return {"interval": cfg.schedule_every_seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,6 +177,18 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds between feedback ingestions",
     )
     parser.add_argument(
+        "--monitor-every",
+        type=int,
+        default=None,
+        help="seconds between monitoring runs (default: monitoring.schedule_every_seconds, 3600)",
+    )
+    parser.add_argument(
+        "--monitor-cron",
+        default=None,
+        help="cron schedule of monitor/scheduled instead of the interval (UTC; default: "
+        "monitoring.schedule_cron)",
+    )
+    parser.add_argument(
         "--paused",
         action="store_true",
         help="register the schedules switched off (manual runs only)",
@@ -156,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         args.root,
         params_path=args.params,
         pool=args.pool,
-        schedules=Schedules(args.retrain_cron, args.ingest_every),
+        schedules=Schedules(
+            args.retrain_cron, args.ingest_every, args.monitor_every, args.monitor_cron
+        ),
         paused=args.paused,
     )
     for name, deployment_id in deployed.items():

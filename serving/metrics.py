@@ -1,0 +1,189 @@
+"""Prometheus metrics of the prediction service, exported at ``GET /metrics``.
+
+What is exported (names as Prometheus sees them):
+
+- ``slmops_requests_total{endpoint,method,status}``: requests answered, by route
+  template (``/predict``, never a raw path: unknown paths count as ``(unmatched)``,
+  so a scanner cannot blow up the number of series) and HTTP status code;
+- ``slmops_request_duration_seconds{endpoint,method}``: a latency histogram,
+  from the first byte of the request to the end of the answer;
+- ``slmops_predictions_total{label}``: predictions answered, per predicted label
+  (for named-entity recognition: per entity type found);
+- ``slmops_prediction_confidence``: a histogram of the confidence (score) of
+  those predictions;
+- ``slmops_model_info{name,version,format}``: 1 for the model version being
+  served (the series changes when the champion alias moves and the service swaps).
+
+Each app gets its own :class:`~prometheus_client.CollectorRegistry`: the tests
+build many apps in one process, and the process-wide default registry refuses a
+second metric of the same name. The default registry's process and platform
+collectors are not added either (one scrape target per service, no surprises).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+NAMESPACE = "slmops"
+UNMATCHED = "(unmatched)"  # the endpoint label of a request no route matches
+
+# Latency buckets (seconds): a batch-1 prediction takes a few ms on a CPU, a
+# batch of 64 or a request waiting in a busy queue up to seconds.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+# Confidence buckets: finer near 1, where a healthy classifier puts most answers,
+# so a drop from 0.99 to 0.9 shows.
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class ServiceMetrics:
+    """The service's metrics on a registry of their own; thread-safe (prometheus_client is).
+
+    ``observe_*`` and ``set_model`` are called from the request path, the
+    batcher's threads and the model poller; :meth:`render` from ``/metrics``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["endpoint", "method", "status"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of its answer, by route template.",
+            ["endpoint", "method"],
+            namespace=NAMESPACE,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "predictions",
+            "Predictions answered, per predicted label (per entity type for NER).",
+            ["label"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "prediction_confidence",
+            "Confidence (probability or score) of the answered predictions.",
+            namespace=NAMESPACE,
+            buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.model = Gauge(
+            "model_info",
+            "1 for the model version being served (name, version, serving format).",
+            ["name", "version", "format"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self._model_lock = threading.Lock()
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency; ``endpoint`` is the route template."""
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint, method).observe(max(seconds, 0.0))
+
+    def observe_predictions(self, labels: Sequence[str], confidences: Sequence[float]) -> None:
+        """Count predicted labels and record confidences, as plain lists.
+
+        The two lists are counted independently: a text classifier gives one
+        label and one confidence per text; a named-entity recogniser may give
+        several entity types (and their scores) per text, or none.
+        """
+        for label in labels:
+            self.predictions.labels(str(label)).inc()
+        for value in confidences:
+            self.confidence.observe(float(value))
+
+    def set_model(self, name: str, version: str, fmt: str) -> None:
+        """Mark ``name`` version ``version`` (served as ``fmt``) as the one serving now.
+
+        The previous version's series is removed, so ``slmops_model_info`` always
+        has exactly one series at 1 once a model is loaded.
+        """
+        with self._model_lock:  # a swap clears and sets: two swaps must not interleave
+            self.model.clear()
+            self.model.labels(str(name), str(version), str(fmt)).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every metric, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def route_template(scope: Scope) -> str:
+    """The route template a request went to (``/predict``), or ``(unmatched)``.
+
+    After routing, Starlette leaves the matched route in ``scope["route"]``. A
+    request answered before routing (413 for an oversized body) has none: the
+    routes are matched here instead.
+    """
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match is not Match.NONE:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
+
+
+class RecordRequests:
+    """Time every HTTP request and count it by route template and status (pure ASGI).
+
+    Pure ASGI rather than ``@app.middleware("http")``, like the service's other
+    middleware: Starlette's BaseHTTPMiddleware adds a task group and memory
+    streams to every request. Added last, so it is outermost and also sees the
+    answers of the other middleware (a 413 before the body is read).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; record its status and duration once it is answered."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the server answers when the app raises before responding
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.observe_request(
+                route_template(scope), scope["method"], status, time.perf_counter() - start
+            )
