@@ -8,6 +8,22 @@ JSON rows that ``dvc plots show`` renders.
 ``report.json`` is written last and names the model it evaluated (``model``), so
 a run killed part-way leaves a report that still names the previous model (or
 none): registration compares it with the model on disk and refuses a mismatch.
+
+A token classifier (NER; ``predictor.task``) writes the same files, filled with
+entity-level figures (strict span match, :mod:`tasks.ner.metrics`):
+
+- ``metrics.json``: ``f1``, ``precision``, ``recall`` (micro over entities),
+  ``macro_f1`` (over entity types), ``accuracy`` (share of texts whose predicted
+  span set is exactly the gold one), ``word_accuracy`` and ``ece`` (word level),
+  ``test_examples``, ``examples_per_s`` and the latencies;
+- ``report.json``: :func:`tasks.ner.metrics.entity_report` (``per_class`` per
+  entity type), ``word_level``, ``calibration_bins``, ``slices`` (``per_type``,
+  ``length`` in words, ``source_val``), ``metrics``, ``model``;
+- ``predictions.csv``: ``text``, ``label`` (gold span JSON), ``pred`` (predicted
+  span JSON), ``confidence`` (mean over the text's words of the top probability
+  at their first sub-word), ``correct`` (``pred == label``), ``source`` if any;
+- plots: the confusion of entity *types* per word (``O`` included) and the
+  reliability of the per-word tag probability (word correct = its BIO tag right).
 """
 
 from __future__ import annotations
@@ -23,7 +39,7 @@ import pandas as pd
 
 from tasks.config import EvalConfig
 from tasks.dataset import write_csv_atomic, write_json_atomic
-from tasks.inference import Predictor
+from tasks.inference import TOKEN_CLASSIFICATION, BasePredictor, Predictor
 from tasks.metrics import (
     classification_report,
     confusion_rows,
@@ -56,11 +72,15 @@ def measure_latency(predictor: Predictor, texts: list[str], samples: int) -> dic
     if samples == 0 or not texts:
         return {}
     chosen = [texts[i % len(texts)] for i in range(samples)]
-    predictor.predict_proba(chosen[:5], batch_size=1)  # warm-up
+    if getattr(predictor, "task", None) == TOKEN_CLASSIFICATION:
+        predict = predictor.predict_entities  # decoding the spans included
+    else:
+        predict = predictor.predict_proba
+    predict(chosen[:5], batch_size=1)  # warm-up
     times = []
     for text in chosen:
         start = time.perf_counter()
-        predictor.predict_proba([text], batch_size=1)
+        predict([text], batch_size=1)
         times.append((time.perf_counter() - start) * 1000)
     p50, p95, p99 = np.percentile(times, [50, 95, 99])
     return {
@@ -97,7 +117,10 @@ def evaluate_model(
     """Evaluate on the test split (and slice by data source on ``val`` when given).
 
     ``model`` (a digest of the evaluated model's files) is recorded in the report.
+    A token classifier is evaluated by entities (module doc), into the same files.
     """
+    if getattr(predictor, "task", None) == TOKEN_CLASSIFICATION:
+        return _evaluate_entities(predictor, test, cfg, Path(out_dir), val=val, model=model)
     labels = predictor.labels
     start = time.perf_counter()
     preds, probs = predict_frame(predictor, test, cfg.batch_size)
@@ -142,6 +165,157 @@ def evaluate_model(
         metrics["accuracy"],
         metrics["macro_f1"],
         metrics["ece"],
+        len(preds),
+    )
+    return EvalResult(metrics, report, preds, out_dir)
+
+
+# --------------------------------------------------------------------------- token classification
+
+
+def predict_entity_frame(
+    predictor: BasePredictor, df: pd.DataFrame, batch_size: int
+) -> tuple[pd.DataFrame, list]:
+    """Predictions of a token classifier for a frame with ``text`` and ``label`` (span
+    JSON): label (canonical), pred, confidence, correct (and source); and each text's
+    :class:`tasks.ner.alignment.WordTags`."""
+    from tasks.ner import spans as sp
+
+    texts = df["text"].astype(str).tolist()
+    words = predictor.predict_word_tags(texts, batch_size=batch_size)
+    out = pd.DataFrame({"text": texts})
+    out["label"] = [sp.dumps(sp.loads(cell)) for cell in df["label"].astype(str)]
+    out["pred"] = [sp.dumps(w.spans()) for w in words]
+    out["confidence"] = [round(w.confidence, 6) for w in words]
+    out["correct"] = out["pred"] == out["label"]  # both canonical: equal strings, equal sets
+    if "source" in df:
+        out["source"] = df["source"].to_numpy()
+    return out, words
+
+
+def _word_level(texts: list[str], gold: list, words: list) -> dict[str, np.ndarray]:
+    """Per word of every text: the gold and predicted BIO tags, their entity types (``O``
+    for none) and the score (NaN for a word cut by truncation, predicted ``O``)."""
+    from tasks.ner import spans as sp
+
+    want: list[str] = []
+    got: list[str] = []
+    scores: list[float] = []
+    for text, spans, row in zip(texts, gold, words, strict=True):
+        want += sp.to_tags(text, spans)
+        got += row.tags
+        scores += row.scores
+    return {
+        "tags": np.asarray(want, dtype=object),
+        "pred_tags": np.asarray(got, dtype=object),
+        "actual": np.asarray([t[2:] if t != "O" else "O" for t in want], dtype=object),
+        "predicted": np.asarray([t[2:] if t != "O" else "O" for t in got], dtype=object),
+        "score": np.asarray(scores, dtype=float),
+    }
+
+
+def _micro(counts: np.ndarray) -> dict[str, Any]:
+    """Micro entity scores of rows from their ``(tp, fp, fn)`` counts (as length slices)."""
+    tp, fp, fn = (int(x) for x in counts.sum(axis=0))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": len(counts),
+        "entities": tp + fn,
+        "precision": round(precision, 6),
+        "recall": round(recall, 6),
+        "f1": round(f1, 6),
+    }
+
+
+def _evaluate_entities(
+    predictor: BasePredictor,
+    test: pd.DataFrame,
+    cfg: EvalConfig,
+    out_dir: Path,
+    *,
+    val: pd.DataFrame | None = None,
+    model: str | None = None,
+) -> EvalResult:
+    """:func:`evaluate_model` for a token classifier (module doc)."""
+    from tasks.ner import spans as sp
+    from tasks.ner.metrics import entity_report, length_slices, row_counts
+
+    types = predictor.entity_types
+    start = time.perf_counter()
+    preds, words = predict_entity_frame(predictor, test, cfg.batch_size)
+    seconds = time.perf_counter() - start
+    texts = preds["text"].tolist()
+    gold = [sp.loads(cell) for cell in preds["label"]]
+    pred = [w.spans() for w in words]
+    report = entity_report(gold, pred, types)
+    word = _word_level(texts, gold, words)
+    right = word["tags"] == word["pred_tags"]
+    scored = ~np.isnan(word["score"])  # reliability: only the words the model scored
+    ece, bins = expected_calibration_error(
+        np.clip(word["score"][scored], 0.0, 1.0), right[scored], cfg.ece_bins
+    )
+    word_accuracy = round(float(right.mean()), 6) if len(right) else 0.0
+    report["word_level"] = {
+        "words": len(right),
+        "scored_words": int(scored.sum()),  # all but those cut by truncation
+        "tag_accuracy": word_accuracy,  # every word; a truncated one counts as predicted O
+        "ece": ece,
+    }
+    report["calibration_bins"] = bins
+    report["slices"] = {
+        "per_type": report["per_class"],
+        "length": length_slices(texts, gold, pred, cfg.length_buckets),
+    }
+    if val is not None and "source" in val and len(val):
+        val_preds, val_words = predict_entity_frame(predictor, val, cfg.batch_size)
+        counts = row_counts(
+            [sp.loads(cell) for cell in val_preds["label"]], [w.spans() for w in val_words]
+        )
+        # As for classification: imported and feedback rows are only in the validation
+        # split, so source slices are measured there.
+        source = val_preds["source"].astype(object).where(val_preds["source"].notna(), "unknown")
+        source = source.astype(str).to_numpy()
+        report["slices"]["source_val"] = {
+            name: _micro(counts[source == name]) for name in sorted(set(source))
+        }
+
+    metrics = {
+        "f1": report["f1"],
+        "precision": report["precision"],
+        "recall": report["recall"],
+        "macro_f1": report["macro_f1"],
+        "accuracy": report["accuracy"],
+        "word_accuracy": word_accuracy,
+        "ece": ece,
+        "test_examples": len(preds),
+        "examples_per_s": round(len(preds) / seconds, 1),
+        **measure_latency(predictor, texts, cfg.latency_samples),
+    }
+    report["metrics"] = metrics
+    report["model"] = model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = out_dir / "plots"
+    classes = ["O", *types, *sorted(set(word["predicted"]) - {"O", *types})]
+    write_json_atomic(metrics, out_dir / METRICS_FILE)
+    write_csv_atomic(preds, out_dir / PREDICTIONS_FILE)
+    write_json_atomic(confusion_rows(word["actual"], word["predicted"]), plots / "confusion.json")
+    write_json_atomic(reliability_rows(bins), plots / "reliability.json")
+    plot_confusion_matrix(
+        word["actual"], word["predicted"], classes, plots / "confusion_matrix.png"
+    )
+    plot_reliability(bins, plots / "reliability.png")
+    write_json_atomic(report, out_dir / REPORT_FILE)  # last: it says the files are complete
+    log.info(
+        "test entity F1 %.4f (precision %.4f, recall %.4f), macro-F1 %.4f, exact-match "
+        "accuracy %.4f on %d examples",
+        metrics["f1"],
+        metrics["precision"],
+        metrics["recall"],
+        metrics["macro_f1"],
+        metrics["accuracy"],
         len(preds),
     )
     return EvalResult(metrics, report, preds, out_dir)

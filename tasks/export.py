@@ -27,6 +27,14 @@ batch-1 and batch-32 speed-ups over torch fp32; formats within
 does not flip the choice. With ``export.measure: false`` the first eligible
 format of ``export.preference`` is chosen.
 
+Token classifiers (NER) go through the same steps: the ONNX graph's output is
+``[batch, sequence, tags]`` (batch and sequence axes dynamic), and each format
+is scored by **entity micro-F1** (strict spans, :func:`tasks.ner.metrics.entity_report`)
+on the test rows instead of accuracy. The ``accuracy`` fields (``FormatCheck``,
+``reference``, the ``format.<format>.accuracy`` tags) and
+``export.max_accuracy_drop`` keep their names and then hold and bound that F1;
+``formats.json`` says which in ``metric`` (``accuracy`` or ``entity_f1``).
+
 Stored on the version's run: ``formats/formats.json`` (accuracy, size on disk,
 latency and throughput per format, the choice and why) and
 ``formats/<format>/model.onnx``; on the version, the tags ``format.chosen``,
@@ -57,11 +65,14 @@ import yaml
 from tasks.config import ExportConfig, Params, ServeFormat
 from tasks.inference import (
     ONNX_FORMATS,
+    TOKEN_CLASSIFICATION,
     BasePredictor,
+    auto_model_class,
     load_predictor,
     native_bf16,
     ort_session,
     softmax,
+    task_of,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +153,8 @@ def version_download_uri(client, name: str, version: str) -> str:
 
 
 class _Logits(torch.nn.Module):
-    """The classifier with positional inputs and the logits as its only output:
+    """The classifier (sequence or token) with positional inputs and the logits as its
+    only output:
     what the TorchScript exporter traces, whatever the model's forward signature."""
 
     def __init__(self, model, names: tuple[str, ...]) -> None:
@@ -159,17 +171,23 @@ def export_onnx(model_dir: str | Path, dest: str | Path, opset: int = 17) -> Pat
 
     Inputs are the tokenizer's (``input_ids``, ``attention_mask`` and, for BERT,
     ``token_type_ids``) with dynamic batch and sequence axes; the output is
-    ``logits`` ``[batch, labels]``. The graph is checked with ``onnx.checker``
+    ``logits`` ``[batch, labels]``, or ``[batch, sequence, tags]`` for a token
+    classifier (both axes dynamic). The graph is checked with ``onnx.checker``
     and against torch on a few padded texts.
     """
     import onnx
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     model_dir, dest = Path(model_dir), Path(dest)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), use_safetensors=True, dtype=torch.float32
-    ).eval()
+    task = task_of(AutoConfig.from_pretrained(str(model_dir)))
+    model = (
+        auto_model_class(task)
+        .from_pretrained(str(model_dir), use_safetensors=True, dtype=torch.float32)
+        .eval()
+    )
+    # A token classifier answers per token: its output has the sequence axis too.
+    logits_axes = {0: "batch", 1: "sequence"} if task == TOKEN_CLASSIFICATION else {0: "batch"}
     sample = ["my card has not arrived yet, what should I do?", "top up"]
     encoded = tokenizer(sample, padding=True, return_tensors="pt")
     names = tuple(n for n in INPUT_NAMES if n in encoded)
@@ -188,7 +206,7 @@ def export_onnx(model_dir: str | Path, dest: str | Path, opset: int = 17) -> Pat
             output_names=["logits"],
             dynamic_axes={
                 **{n: {0: "batch", 1: "sequence"} for n in names},
-                "logits": {0: "batch"},
+                "logits": logits_axes,
             },
             opset_version=opset,
             do_constant_folding=True,
@@ -264,6 +282,33 @@ def accuracy(predictor: BasePredictor, test: pd.DataFrame, batch_size: int = 128
     return float(np.mean(np.asarray(preds) == test["label"].to_numpy()))
 
 
+def entity_f1(predictor: BasePredictor, test: pd.DataFrame, batch_size: int = 128) -> float:
+    """Micro entity F1 (strict spans) of a token classifier on test rows whose
+    ``label`` is span JSON."""
+    from tasks.ner import spans as sp
+    from tasks.ner.metrics import entity_report
+
+    found = predictor.predict_entities(test["text"].astype(str).tolist(), batch_size=batch_size)
+    pred = [[(e["start"], e["end"], e["label"]) for e in row] for row in found]
+    gold = [sp.loads(cell) for cell in test["label"].astype(str)]
+    return float(entity_report(gold, pred, predictor.entity_types)["f1"])
+
+
+def format_score(predictor: BasePredictor, test: pd.DataFrame, batch_size: int = 128) -> float:
+    """What the formats are compared by: :func:`accuracy` for a sequence classifier,
+    :func:`entity_f1` for a token classifier."""
+    if predictor.task == TOKEN_CLASSIFICATION:
+        return entity_f1(predictor, test, batch_size)
+    return accuracy(predictor, test, batch_size)
+
+
+def _predict_call(predictor: BasePredictor):
+    """What one prediction is, for timing: class probabilities or entities."""
+    if predictor.task == TOKEN_CLASSIFICATION:
+        return predictor.predict_entities
+    return predictor.predict_proba
+
+
 def measure_speed(
     predictors: dict[str, BasePredictor], texts: list[str], rounds: int, per_round: int
 ) -> dict[str, dict[str, float]]:
@@ -272,19 +317,20 @@ def measure_speed(
     rng = np.random.default_rng(0)
     lat: dict[str, list[float]] = {k: [] for k in predictors}
     thr: dict[str, list[float]] = {k: [] for k in predictors}
-    for p in predictors.values():  # warm-up: first calls allocate and initialise
-        p.predict_proba(texts[:2], batch_size=1)
-        p.predict_proba(texts[:TIMING_BATCH], batch_size=TIMING_BATCH)
+    calls = {name: _predict_call(p) for name, p in predictors.items()}
+    for predict in calls.values():  # warm-up: first calls allocate and initialise
+        predict(texts[:2], batch_size=1)
+        predict(texts[:TIMING_BATCH], batch_size=TIMING_BATCH)
     for _ in range(rounds):
         singles = [texts[i] for i in rng.choice(len(texts), per_round)]
         batch = [texts[i] for i in rng.choice(len(texts), min(TIMING_BATCH, len(texts)))]
-        for name, p in predictors.items():
+        for name, predict in calls.items():
             for text in singles:
                 start = time.perf_counter()
-                p.predict_proba([text], batch_size=1)
+                predict([text], batch_size=1)
                 lat[name].append((time.perf_counter() - start) * 1000)
             start = time.perf_counter()
-            p.predict_proba(batch, batch_size=TIMING_BATCH)
+            predict(batch, batch_size=TIMING_BATCH)
             thr[name].append(len(batch) / (time.perf_counter() - start))
     return {
         k: {
@@ -355,8 +401,10 @@ def check_formats(
     """Export ``cfg.formats`` of ``model_dir`` into ``out_dir``, check each on ``test``
     (columns ``text``, ``label``), choose one, write ``out_dir/formats.json``; return it.
 
-    ``fp32_accuracy`` is torch fp32's accuracy on the same rows when already
-    known (the version's evaluation); else it is measured here.
+    Formats are scored by :func:`format_score`: accuracy, or entity micro-F1 for a
+    token classifier (``metric`` in the report; ``max_accuracy_drop`` then bounds
+    the F1 drop). ``fp32_accuracy`` is torch fp32's score on the same rows when
+    already known (the version's evaluation); else it is measured here.
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -411,11 +459,13 @@ def check_formats(
         predictors[fmt] = load_predictor(
             fmt, model_dir, onnx_files.get(fmt), device="cpu", num_threads=num_threads
         )
+    token = predictors[REFERENCE].task == TOKEN_CLASSIFICATION
+    metric = "entity_f1" if token else "accuracy"
     for fmt, check in checks.items():
         if fmt == REFERENCE and fp32_accuracy is not None:
             check.accuracy, check.accuracy_source = float(fp32_accuracy), "evaluation"
         else:
-            check.accuracy = accuracy(predictors[fmt], test)
+            check.accuracy = format_score(predictors[fmt], test)
     reference = checks[REFERENCE].accuracy or 0.0
     for check in checks.values():
         # A hair of slack: 0.9094 - 0.005 must admit 0.9044 despite float rounding.
@@ -439,6 +489,8 @@ def check_formats(
         "schema": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "test_rows": len(test),
+        "task": predictors[REFERENCE].task,
+        "metric": metric,  # what the "accuracy" fields hold: accuracy, or entity micro-F1
         "reference": {"format": REFERENCE, "accuracy": reference},
         "rule": {
             "max_accuracy_drop": cfg.max_accuracy_drop,
@@ -483,8 +535,9 @@ def export_threads(params: Params) -> int | None:
     return params.export.num_threads or params.serve.num_threads or params.train.num_threads
 
 
-def _reference_accuracy(params: Params, mv) -> float | None:
-    """The version's own torch fp32 test accuracy, if measured on the workspace's test split."""
+def _reference_accuracy(params: Params, mv, key: str = "metrics.accuracy") -> float | None:
+    """The version's own torch fp32 test score (tag ``key``: accuracy, or ``metrics.f1``
+    for a token classifier), if measured on the workspace's test split."""
     from tasks.dataset import LabeledPaths
     from tasks.errors import DataError
     from tasks.versioning import data_hash
@@ -494,12 +547,18 @@ def _reference_accuracy(params: Params, mv) -> float | None:
     except DataError:
         return None
     tags = mv.tags or {}
-    if tags.get("data.test_hash") != workspace or "metrics.accuracy" not in tags:
+    if tags.get("data.test_hash") != workspace or key not in tags:
         return None
     try:
-        return float(tags["metrics.accuracy"])
+        return float(tags[key])
     except ValueError:
         return None
+
+
+def _folder_task(folder: Path) -> str:
+    from transformers import AutoConfig
+
+    return task_of(AutoConfig.from_pretrained(str(folder)))
 
 
 def export_version(params: Params, client, version: str) -> dict[str, Any]:
@@ -530,12 +589,16 @@ def export_version(params: Params, client, version: str) -> dict[str, Any]:
         )
         folder = arrange_model_folder(local)
         out = Path(tmp) / FORMATS_DIR
+        # A token classifier's formats are compared by entity F1, its own tag included.
+        token = _folder_task(folder) == TOKEN_CLASSIFICATION
         report = check_formats(
             folder,
             out,
             test,
             params.export,
-            fp32_accuracy=_reference_accuracy(params, mv),
+            fp32_accuracy=_reference_accuracy(
+                params, mv, "metrics.f1" if token else "metrics.accuracy"
+            ),
             num_threads=export_threads(params),
         )
         report["model"] = {"name": name, "version": str(version), "run_id": mv.run_id}

@@ -17,6 +17,14 @@ by format name):
 
 Texts are sorted by length and each batch is padded only to its own longest
 text, which on a CPU is worth about 2x against fixed-size batches.
+
+Two task types, told apart by the model folder's ``config.architectures``
+(:func:`task_of`): a sequence classifier (``...ForSequenceClassification``:
+:meth:`BasePredictor.predict_proba` and :meth:`BasePredictor.predict`, one label
+per text) and a token classifier (``...ForTokenClassification``, NER:
+:meth:`BasePredictor.predict_entities`, entity spans with character offsets into
+each text). ``labels.json`` holds the outputs in order either way: the labels,
+or the BIO tag names (:func:`tasks.ner.spans.tag_names`) of a token classifier.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.config import ConfigError, Precision
+from tasks.config import ConfigError, Precision, TaskName
+from tasks.ner import alignment
+from tasks.ner.alignment import WordTags
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,33 @@ LABELS_FILE = "labels.json"
 MINILM = "minilm"
 TORCH_FORMATS = ("torch", "torch-bf16", "torch-int8")
 ONNX_FORMATS = ("onnx", "onnx-int8")
+SEQUENCE_CLASSIFICATION = TaskName.sequence_classification.value
+TOKEN_CLASSIFICATION = TaskName.token_classification.value
+
+
+def task_of(config) -> str:
+    """The task a model config was fine-tuned for, from its ``architectures``:
+    ``token_classification`` for a ``...ForTokenClassification``, else
+    ``sequence_classification``."""
+    architectures = getattr(config, "architectures", None) or []
+    if any(str(a).endswith("ForTokenClassification") for a in architectures):
+        return TOKEN_CLASSIFICATION
+    return SEQUENCE_CLASSIFICATION
+
+
+def auto_model_class(task: str):
+    """The transformers auto class that loads a model of ``task``."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    task = TaskName(task).value
+    if task == TOKEN_CLASSIFICATION:
+        return AutoModelForTokenClassification
+    return AutoModelForSequenceClassification
+
+
+def entity_types_of(tag_names: list[str]) -> list[str]:
+    """The entity types of BIO tag names (``O``, ``B-x``, ``I-x``...), in output order."""
+    return list(dict.fromkeys(t[2:] for t in tag_names if t[:2] in ("B-", "I-")))
 
 
 def resolve_base_model(name: str) -> str:
@@ -144,10 +181,11 @@ def read_labels(path: Path, num_labels: int, id2label: dict[int, str] | None = N
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32 (max subtracted first: no overflow)."""
+    """Softmax over the last axis (the labels: ``[batch, labels]`` or ``[batch, tokens,
+    labels]``) in float32, max subtracted first: no overflow."""
     z = logits.astype(np.float32, copy=False)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -156,23 +194,48 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 class BasePredictor:
-    """What every serving format offers: labels, the length limit, the format's name
-    and class probabilities for a list of texts (tokenization included)."""
+    """What every serving format offers: labels, the length limit, the format's name,
+    the task, and predictions for a list of texts (tokenization included): class
+    probabilities of a sequence classifier, entities of a token classifier."""
 
     #: ``torch``, ``torch-bf16``, ``torch-int8``, ``onnx`` or ``onnx-int8``.
     format: str = "torch"
 
-    def __init__(self, tokenizer, labels: list[str], max_length: int) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        labels: list[str],
+        max_length: int,
+        task: str = SEQUENCE_CLASSIFICATION,
+    ) -> None:
         self.tokenizer = tokenizer
+        #: the outputs in order: labels, or the BIO tag names of a token classifier
         self.labels = list(labels)
         self.max_length = max_length
+        #: ``sequence_classification`` or ``token_classification`` (see :func:`task_of`)
+        self.task = TaskName(task).value
+
+    @property
+    def entity_types(self) -> list[str]:
+        """The entity types a token classifier finds (empty for a sequence classifier)."""
+        if self.task != TOKEN_CLASSIFICATION:
+            return []
+        return entity_types_of(self.labels)
+
+    def _require(self, task: str, method: str) -> None:
+        if self.task != task:
+            other = "predict_entities" if task == SEQUENCE_CLASSIFICATION else "predict_proba"
+            raise TypeError(f"{method} needs a {task} model; this one is {self.task} (use {other})")
 
     def _probs(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """Probabilities for one padded batch (int64 arrays) of the format's network."""
+        """Probabilities for one padded batch (int64 arrays) of the format's network:
+        ``[batch, labels]``, or ``[batch, tokens, labels]`` for a token classifier."""
         raise NotImplementedError
 
     def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """Class probabilities, shape ``[len(texts), len(labels)]``, in input order."""
+        """Class probabilities, shape ``[len(texts), len(labels)]``, in input order
+        (sequence classifiers only)."""
+        self._require(SEQUENCE_CLASSIFICATION, "predict_proba")
         texts = list(texts)  # a pandas Series or tuple works as well
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
@@ -187,9 +250,58 @@ class BasePredictor:
         return out
 
     def predict(self, texts: list[str], batch_size: int = 128) -> list[str]:
-        """The most probable label of each text, in input order."""
+        """The most probable label of each text, in input order (sequence classifiers)."""
         probs = self.predict_proba(texts, batch_size=batch_size)
         return [self.labels[i] for i in probs.argmax(axis=1)]
+
+    def predict_word_tags(self, texts: list[str], batch_size: int = 128) -> list[WordTags]:
+        """Per text, its words' predicted BIO tags and scores
+        (:class:`tasks.ner.alignment.WordTags`), in input order (token classifiers).
+
+        Texts are tokenized with offsets (truncated to ``max_length`` tokens: words past
+        the cut are tagged ``O``), sorted by length and batched; a word's tag is the
+        argmax at its first sub-word.
+        """
+        self._require(TOKEN_CLASSIFICATION, "predict_word_tags")
+        texts = [str(t) for t in texts]
+        if not texts:
+            return []
+        encoded = alignment.encode(self.tokenizer, texts, max_length=self.max_length)
+        lengths = np.array([len(x) for x in encoded["input_ids"]])
+        order = np.argsort(lengths, kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
+        out: list[WordTags] = [None] * len(texts)  # type: ignore[list-item]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            probs = self._probs(pad_arrays(encoded, idx, pad_id))
+            for row, i in enumerate(idx):
+                out[i] = alignment.word_tags(
+                    texts[i],
+                    encoded["offset_mapping"][i],
+                    encoded["word_ids"][i],
+                    probs[row, : lengths[i]],
+                    self.labels,
+                )
+        return out
+
+    def predict_entities(
+        self, texts: list[str], batch_size: int = 128, *, with_confidence: bool = False
+    ) -> list:
+        """Entities of each text, in input order (token classifiers): per text a list of
+        ``{"start", "end", "label", "score", "text"}`` with character offsets into that
+        text as given, ``label`` the entity type and ``score`` the mean over its words
+        of the first sub-word's top probability.
+
+        ``with_confidence``: ``(entities, confidence)`` pairs instead, the confidence
+        being the mean over the text's words of that same probability (what
+        monitoring compares live against the reference).
+        """
+        texts = [str(t) for t in texts]
+        rows = self.predict_word_tags(texts, batch_size=batch_size)
+        found = [alignment.entities(t, w) for t, w in zip(texts, rows, strict=True)]
+        if with_confidence:
+            return [(e, w.confidence) for e, w in zip(found, rows, strict=True)]
+        return found
 
 
 def _max_length(*limits: Any) -> int:
@@ -244,8 +356,8 @@ def native_bf16() -> bool:
 
 
 class Predictor(BasePredictor):
-    """A fine-tuned sequence classifier run by torch (formats ``torch``, ``torch-bf16``,
-    ``torch-int8``)."""
+    """A fine-tuned sequence or token classifier run by torch (formats ``torch``,
+    ``torch-bf16``, ``torch-int8``); the task is the model config's (:func:`task_of`)."""
 
     def __init__(
         self,
@@ -265,6 +377,7 @@ class Predictor(BasePredictor):
                 getattr(tokenizer, "model_max_length", None),
                 max_length,
             ),
+            task_of(model.config),
         )
         self.model = model.eval()
         self.device = device
@@ -285,7 +398,7 @@ class Predictor(BasePredictor):
         ``int8`` quantizes every ``nn.Linear`` dynamically when loading (the
         ``torch-int8`` format; CPU only, fp32 activations around int8 matmuls).
         """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -300,14 +413,17 @@ class Predictor(BasePredictor):
         if dev.type == "cpu" and num_threads:
             torch.set_num_threads(num_threads)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), use_safetensors=True, dtype=torch.float32
-        ).to(dev)
+        task = task_of(AutoConfig.from_pretrained(str(path)))
+        model = (
+            auto_model_class(task)
+            .from_pretrained(str(path), use_safetensors=True, dtype=torch.float32)
+            .to(dev)
+        )
         labels = read_labels(path, model.config.num_labels, model.config.id2label)
         fmt = None
         if int8:
             model, fmt = quantize_int8(model.eval()), "torch-int8"
-        log.info("loaded %s on %s (%s)", path, dev, fmt or precision_name(amp))
+        log.info("loaded %s on %s (%s, %s)", path, dev, fmt or precision_name(amp), task)
         return cls(model, tokenizer, labels, dev, amp, format=fmt)
 
     @torch.inference_mode()
@@ -342,15 +458,31 @@ def ort_session(onnx_path: str | Path, num_threads: int | None = None):
 
 class OnnxPredictor(BasePredictor):
     """A fine-tuned classifier exported to ONNX, run by ONNX Runtime on the CPU
-    (formats ``onnx`` and ``onnx-int8``); tokenizer and labels from the model folder."""
+    (formats ``onnx`` and ``onnx-int8``); tokenizer, labels and task from the model
+    folder. The graph's output is ``[batch, labels]`` for a sequence classifier,
+    ``[batch, sequence, labels]`` for a token classifier."""
 
-    def __init__(self, session, tokenizer, labels: list[str], max_length: int, format: str):
-        super().__init__(tokenizer, labels, max_length)
+    def __init__(
+        self,
+        session,
+        tokenizer,
+        labels: list[str],
+        max_length: int,
+        format: str,
+        task: str = SEQUENCE_CLASSIFICATION,
+    ):
+        super().__init__(tokenizer, labels, max_length, task)
         self.session = session
         self.format = format
         self._inputs = [i.name for i in session.get_inputs()]
         outputs = session.get_outputs()
-        if len(outputs[0].shape) != 2:
+        if self.task == TOKEN_CLASSIFICATION:
+            if len(outputs[0].shape) != 3:
+                raise ValueError(
+                    f"ONNX model output {outputs[0].name} is not [batch, sequence, labels] "
+                    "(a token classifier's)"
+                )
+        elif len(outputs[0].shape) != 2:
             raise ValueError(f"ONNX model output {outputs[0].name} is not [batch, labels]")
         self._output = outputs[0].name
 
@@ -383,7 +515,7 @@ class OnnxPredictor(BasePredictor):
             getattr(tokenizer, "model_max_length", None),
         )
         log.info("loaded %s (%s, ONNX Runtime)", onnx_path, format)
-        return cls(session, tokenizer, labels, limit, format)
+        return cls(session, tokenizer, labels, limit, format, task_of(config))
 
     def _probs(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: arrays[name] for name in self._inputs}

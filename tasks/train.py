@@ -1,4 +1,4 @@
-"""Fine-tuning the base model into a sequence classifier, resumable epoch by epoch.
+"""Fine-tuning the base model into a sequence or token classifier, resumable epoch by epoch.
 
 A plain torch loop rather than ``transformers.Trainer``: it tokenizes once,
 batches by length (each batch padded only to its own longest text: 2.25x the
@@ -11,7 +11,8 @@ Checkpoints (``checkpoint_dir``, removed once the model is written)::
             training_state.pt                optimizer, scheduler, grad scaler, RNG states
             trainer.json                     epoch, history, best score and epoch
             fingerprint.json                 hash of data + labels + training settings
-    best/   config.json, model.safetensors   weights of the best epoch (validation macro-F1)
+    best/   config.json, model.safetensors   weights of the best epoch (validation macro-F1;
+                                             entity F1 for a token classifier)
             best.json                        its epoch and score
 
 Each folder is written to a temporary sibling and renamed into place, so a kill
@@ -31,6 +32,20 @@ batch is ``batch_size x processes``. Every rank scores the whole validation set,
 so they all take the same early-stopping decision; rank 0 alone writes
 checkpoints and the model. Several nodes need ``checkpoint_dir`` and
 ``output_dir`` on a filesystem they share.
+
+Two tasks share the loop (``task``): ``sequence_classification`` (a label per
+text; the target of a batch is one class id per row) and ``token_classification``
+(NER; the label cell is span JSON, :mod:`tasks.ner.spans`; the target is one id
+per token, the first sub-word of each word carrying the word's BIO tag and the
+rest ``-100``, see :mod:`tasks.ner.alignment`). Both compute cross-entropy over
+the flattened logits with ``ignore_index=-100``, so the batching, checkpoints,
+resumption, early stopping, precision and DDP code is one. A token classifier's
+``labels`` argument is the list of entity types; its model outputs (config and
+``labels.json``) are the BIO tag names, ``O`` first. Its validation metrics are
+the loss per labelled token, the word-level tag accuracy (``val_accuracy``,
+every word of each text: words cut by truncation are predicted ``O``), the
+micro entity F1 (``val_f1``, strict span match, the best-epoch and
+early-stopping score) and the macro entity F1 over types (``val_macro_f1``).
 """
 
 from __future__ import annotations
@@ -55,11 +70,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tasks.config import TrainConfig
+from tasks.config import ConfigError, TaskName, TrainConfig
 from tasks.distributed import Dist
 from tasks.errors import DataError
 from tasks.inference import (
     LABELS_FILE,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    auto_model_class,
     autocast,
     autocast_dtype,
     pad_batch,
@@ -67,6 +85,8 @@ from tasks.inference import (
     precision_name,
     resolve_base_model,
 )
+from tasks.ner import spans as sp
+from tasks.ner.alignment import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +151,21 @@ def stratified_fraction(train: pd.DataFrame, fraction: float, seed: int) -> pd.D
     return train.loc[train.index.isin(sampled.index)]
 
 
+def training_fraction(
+    train: pd.DataFrame, fraction: float, seed: int, task: str = SEQUENCE_CLASSIFICATION
+) -> pd.DataFrame:
+    """The share of ``train`` a run trains on: per class for a sequence classifier
+    (:func:`stratified_fraction`), a seeded random share of the rows (at least one)
+    for a token classifier, whose rows each hold entities of several types."""
+    if fraction >= 1.0:
+        return train
+    if task != TOKEN_CLASSIFICATION:
+        return stratified_fraction(train, fraction, seed)
+    n = max(1, round(len(train) * fraction))
+    sampled = train.sample(n=min(n, len(train)), random_state=seed)
+    return train.loc[train.index.isin(sampled.index)]
+
+
 def length_bucketed_batches(
     lengths: np.ndarray,
     batch_size: int,
@@ -160,9 +195,15 @@ def length_bucketed_batches(
 
 
 def fingerprint(
-    train: pd.DataFrame, val: pd.DataFrame, labels: list[str], cfg: TrainConfig
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    labels: list[str],
+    cfg: TrainConfig,
+    task: str = SEQUENCE_CLASSIFICATION,
+    label_all_subwords: bool = False,
 ) -> dict[str, Any]:
-    """What identifies a run: hashes of the data and the label list, and the settings."""
+    """What identifies a run: hashes of the data and the label list, the task and the
+    settings (``label_all_subwords`` only for a token classifier, whose targets it sets)."""
 
     def frame_hash(df: pd.DataFrame) -> str:
         h = hashlib.sha256()
@@ -172,15 +213,30 @@ def fingerprint(
         return h.hexdigest()
 
     settings = cfg.model_dump(mode="json")
-    return {
+    task = TaskName(task).value
+    out = {
         "train": frame_hash(train),
         "val": frame_hash(val),
         "labels": hashlib.sha256(json.dumps(list(labels)).encode("utf-8")).hexdigest(),
+        "task": task,
         "config": {k: settings[k] for k in FINGERPRINT_FIELDS},
     }
+    if task == TOKEN_CLASSIFICATION:
+        out["config"]["label_all_subwords"] = bool(label_all_subwords)
+    return out
 
 
-def _check_frames(train: pd.DataFrame, val: pd.DataFrame, labels: list[str]) -> None:
+def _check_frames(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    labels: list[str],
+    task: str = SEQUENCE_CLASSIFICATION,
+) -> None:
+    """Raise :class:`DataError` naming the frame (and the row) that cannot be trained on.
+
+    ``labels``: the label set (entity types for a token classifier, whose label cells
+    must be span JSON fitting their text, of types in the set).
+    """
     if not labels:
         raise DataError("the label list is empty")
     if len(set(labels)) != len(labels):
@@ -190,11 +246,32 @@ def _check_frames(train: pd.DataFrame, val: pd.DataFrame, labels: list[str]) -> 
         for col in ("text", "label"):
             if col not in df.columns:
                 raise DataError(f"{name}: no column {col!r} (has {list(df.columns)})")
+        if task == TOKEN_CLASSIFICATION:
+            _check_spans(name, df, known)
+            continue
         unknown = sorted(set(df["label"].astype(str)) - known)
         if unknown:
             raise DataError(f"{name}: labels not in the label set: {unknown[:10]}")
     if train.empty:
         raise DataError("train: no rows to train on")
+
+
+def _check_spans(name: str, df: pd.DataFrame, types: set[str]) -> None:
+    """Each label cell of ``df`` is span JSON that fits its text, of known types."""
+    for row, (text, cell) in enumerate(zip(df["text"], df["label"], strict=True)):
+        where = f"{name} row {row}" + (
+            f" (index {df.index[row]!r})" if df.index[row] != row else ""
+        )
+        if not isinstance(text, str):
+            raise DataError(f"{where}: text is {text!r}, not a string")
+        try:
+            found = sp.loads(cell)
+            sp.check(text, found)
+        except sp.SpanError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        unknown = sorted({kind for _, _, kind in found} - types)
+        if unknown:
+            raise DataError(f"{where}: entity types not in the label set: {unknown}")
 
 
 # --------------------------------------------------------------------------- files
@@ -333,6 +410,54 @@ def _adamw(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimiz
     )
 
 
+def _batch_targets(targets: np.ndarray | list[list[int]], idx: np.ndarray) -> torch.Tensor:
+    """The targets of the examples at ``idx``: a class id per row (a 1-D array of
+    them), or per-token ids (a list of rows as long as their inputs) padded with
+    ``IGNORE_INDEX`` to the batch's longest row, the width :func:`pad_batch` pads to."""
+    if isinstance(targets, np.ndarray):
+        return torch.as_tensor(targets[idx])
+    rows = [targets[i] for i in idx]
+    out = np.full((len(rows), max(len(r) for r in rows)), IGNORE_INDEX, dtype=np.int64)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+    return torch.from_numpy(out)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the targets that are not ``IGNORE_INDEX``, and their count.
+
+    ``logits`` ``[batch, labels]`` with ``target`` ``[batch]``, or ``[batch, tokens,
+    labels]`` with ``[batch, tokens]``: flattened alike. A batch without any target
+    (texts without words) has loss 0 and still runs backward, so DDP ranks stay in step.
+    """
+    flat_target = target.reshape(-1)
+    total = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        flat_target,
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    count = (flat_target != IGNORE_INDEX).sum()
+    return total / count.clamp(min=1), count
+
+
+def _val_batches(
+    model, encoded, batch_size: int, pad_id: int, device: torch.device, amp: torch.dtype | None
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``(indices, fp32 logits)`` of the validation set, batched by length; the caller
+    holds ``torch.inference_mode`` (a mode entered in a generator would leak to it)."""
+    model.eval()
+    lengths = np.array([len(x) for x in encoded["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_batch(encoded, idx, pad_id).items()}
+        with autocast(device, amp):
+            logits = model(**batch).logits
+        yield idx, logits.float()
+
+
+@torch.inference_mode()
 def _evaluate(
     model,
     encoded,
@@ -345,28 +470,64 @@ def _evaluate(
     """Loss, accuracy and macro-F1 (over the classes present in ``label_ids``)."""
     from sklearn.metrics import f1_score
 
-    model.eval()
-    lengths = np.array([len(x) for x in encoded["input_ids"]])
-    order = np.argsort(lengths, kind="stable")
-    preds = np.empty(len(order), dtype=np.int64)
+    preds = np.empty(len(label_ids), dtype=np.int64)
     loss_sum = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in pad_batch(encoded, idx, pad_id).items()}
-            target = torch.as_tensor(label_ids[idx], device=device)
-            with autocast(device, amp):
-                logits = model(**batch).logits
-            logits = logits.float()
-            loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-            preds[idx] = logits.argmax(dim=-1).cpu().numpy()
+    for idx, logits in _val_batches(model, encoded, batch_size, pad_id, device, amp):
+        target = torch.as_tensor(label_ids[idx], device=device)
+        loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        preds[idx] = logits.argmax(dim=-1).cpu().numpy()
     present = np.unique(label_ids)
     return {
-        "val_loss": loss_sum / len(order),
+        "val_loss": loss_sum / len(label_ids),
         "val_accuracy": float((preds == label_ids).mean()),
         "val_macro_f1": float(
             f1_score(label_ids, preds, labels=present, average="macro", zero_division=0)
         ),
+    }
+
+
+@torch.inference_mode()
+def _evaluate_tokens(
+    model,
+    encoded,
+    targets: list[list[int]],
+    texts: list[str],
+    gold: list[list[sp.Span]],
+    types: list[str],
+    tag_names: list[str],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> dict[str, float | None]:
+    """A token classifier's validation metrics (module doc): loss per labelled token,
+    word-level tag accuracy, micro and macro entity F1 (strict spans)."""
+    from tasks.ner.alignment import word_tags
+    from tasks.ner.metrics import entity_report
+
+    loss_sum, labelled, correct, words = 0.0, 0, 0, 0
+    pred: list[list[sp.Span]] = [[] for _ in texts]
+    for idx, logits in _val_batches(model, encoded, batch_size, pad_id, device, amp):
+        loss, count = _loss(logits, _batch_targets(targets, idx).to(device))
+        loss_sum += loss.item() * int(count)
+        labelled += int(count)
+        probs = torch.softmax(logits, dim=-1).cpu().numpy()
+        for row, i in enumerate(idx):
+            n = len(encoded["input_ids"][i])
+            found = word_tags(
+                texts[i], encoded["offset_mapping"][i], encoded["word_ids"][i],
+                probs[row, :n], tag_names,
+            )  # fmt: skip
+            want = sp.to_tags(texts[i], gold[i])
+            correct += sum(a == b for a, b in zip(want, found.tags, strict=True))
+            words += len(want)
+            pred[i] = found.spans()
+    report = entity_report(gold, pred, types)
+    return {
+        "val_loss": loss_sum / max(labelled, 1),
+        "val_accuracy": correct / words if words else None,
+        "val_f1": float(report["f1"]),
+        "val_macro_f1": float(report["macro_f1"]),
     }
 
 
@@ -383,14 +544,26 @@ def train_model(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    task: str = SEQUENCE_CLASSIFICATION,
+    label_all_subwords: bool = False,
 ) -> TrainResult:
-    """Fine-tune ``cfg.base_model`` on ``train``; the best epoch (validation macro-F1)
-    is written to ``output_dir`` (safetensors weights, tokenizer, ``labels.json``).
+    """Fine-tune ``cfg.base_model`` on ``train``; the best epoch (validation macro-F1, or
+    entity F1 for ``token_classification``) is written to ``output_dir`` (safetensors
+    weights, tokenizer, ``labels.json``: the model's outputs in order).
 
-    ``on_epoch`` receives each epoch's metrics once its checkpoint is written.
+    ``task``: ``sequence_classification`` (``labels``: the label set) or
+    ``token_classification`` (``labels``: the entity types; label cells are span
+    JSON; see the module doc). ``label_all_subwords`` (token classification): every
+    piece of a word gets a target, not only the first. ``on_epoch`` receives each
+    epoch's metrics once its checkpoint is written.
     """
     output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
-    _check_frames(train, val, labels)
+    try:
+        task = TaskName(task).value
+    except ValueError:
+        known = ", ".join(t.value for t in TaskName)
+        raise ConfigError(f"task {task!r}: expected one of {known}") from None
+    _check_frames(train, val, labels, task)
     device = pick_device(cfg.device)
     amp = autocast_dtype(device, cfg.precision)  # fp16 on a CPU fails here, before any work
     threads_before = torch.get_num_threads()
@@ -400,7 +573,7 @@ def train_model(
     try:
         return _train(
             train, val, labels, cfg, output_dir, checkpoint_dir, device, amp, on_epoch,
-            progress and dist.main, dist,
+            progress and dist.main, dist, task, label_all_subwords,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
@@ -419,13 +592,12 @@ def _train(
     on_epoch: Callable[[dict], None] | None,
     progress: bool,
     dist: Dist,
+    task: str = SEQUENCE_CLASSIFICATION,
+    label_all_subwords: bool = False,
 ) -> TrainResult:
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        get_linear_schedule_with_warmup,
-        set_seed,
-    )
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
+
+    from tasks.ner import alignment
 
     started = time.perf_counter()
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // dist.world)
@@ -437,12 +609,14 @@ def _train(
     precision = precision_name(amp)
 
     # ---- data
-    fp = fingerprint(train, val, labels, cfg)
+    token = task == TOKEN_CLASSIFICATION
+    fp = fingerprint(train, val, labels, cfg, task, label_all_subwords)
     fp["world_size"] = dist.world  # the effective batch, hence the weights, depend on it
-    train = stratified_fraction(train, cfg.data_fraction, cfg.seed)
-    label_index = {label: i for i, label in enumerate(labels)}
-    y_train = train["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
-    y_val = val["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
+    train = training_fraction(train, cfg.data_fraction, cfg.seed, task)
+    # The model's outputs: the labels, or the BIO tags of the entity types.
+    outputs = sp.tag_names(labels) if token else list(labels)
+    label_index = {label: i for i, label in enumerate(outputs)}
+    score_key, score_name = ("val_f1", "entity F1") if token else ("val_macro_f1", "macro-F1")
 
     # ---- resume or start fresh
     resume_from = _find_last(checkpoint_dir)
@@ -462,12 +636,12 @@ def _train(
                 else ", ".join(
                     [
                         k
-                        for k in ("train", "val", "labels", "world_size")
+                        for k in ("train", "val", "labels", "task", "world_size")
                         if saved_fp.get(k, 1 if k == "world_size" else None) != fp[k]
                     ]
                     + [
                         f"config.{k}"
-                        for k in FINGERPRINT_FIELDS
+                        for k in fp["config"]
                         if (saved_fp.get("config") or {}).get(k) != fp["config"][k]
                     ]
                 )
@@ -484,17 +658,18 @@ def _train(
     set_seed(cfg.seed)
     base = resolve_base_model(cfg.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    model_class = auto_model_class(task)
     with _no_transformers_bars(quiet=not progress):
         if trainer is not None:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model = model_class.from_pretrained(
                 str(resume_from), use_safetensors=True, dtype=torch.float32
             )
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model = model_class.from_pretrained(
                 base,
                 use_safetensors=True,  # a base model's pickle weights are never unpickled
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
+                num_labels=len(outputs),
+                id2label=dict(enumerate(outputs)),
                 label2id=label_index,
                 dtype=torch.float32,
             )
@@ -504,12 +679,28 @@ def _train(
 
     def encode(df: pd.DataFrame):
         texts = df["text"].astype(str).tolist()
+        if token:
+            # Per-token targets ride along in the encoding, under "labels".
+            return alignment.encode(
+                tokenizer, texts, df["label"].astype(str).tolist(), label_index,
+                cfg.max_length, label_all_subwords,
+            )  # fmt: skip
         if not texts:
             return {"input_ids": []}
         return tokenizer(texts, truncation=True, max_length=cfg.max_length)
 
     enc_train, enc_val = encode(train), encode(val)
     lengths = np.array([len(x) for x in enc_train["input_ids"]])
+    # A class id per row, or per token of each row (see _batch_targets).
+    y_train: np.ndarray | list[list[int]]
+    y_val: np.ndarray | list[list[int]]
+    if token:
+        y_train, y_val = enc_train["labels"], enc_val["labels"]
+        val_texts = val["text"].astype(str).tolist()
+        val_gold = [sp.loads(cell) for cell in val["label"].astype(str)]
+    else:
+        y_train = train["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
+        y_val = val["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
 
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / dist.world)
     total_steps = steps_per_epoch * cfg.epochs
@@ -540,7 +731,9 @@ def _train(
         "num_threads": threads if device.type == "cpu" else None,
         "train_examples": len(train),
         "val_examples": len(val),
-        "num_labels": len(labels),
+        "task": task,
+        "num_labels": len(outputs),
+        **({"label_all_subwords": bool(label_all_subwords)} if token else {}),
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup_steps,
@@ -548,7 +741,7 @@ def _train(
         "world_size": dist.world,
     }
     log.info(
-        "training on %s, precision %s%s: %d train / %d val examples, %d labels, "
+        "training on %s, precision %s%s: %d train / %d val examples, %d %s, "
         "%d epochs x %d steps (batch %d, %d warm-up steps)%s",
         device,
         precision,
@@ -556,6 +749,7 @@ def _train(
         len(train),
         len(val),
         len(labels),
+        f"entity types ({len(outputs)} tags)" if token else "labels",
         cfg.epochs,
         steps_per_epoch,
         cfg.batch_size,
@@ -576,9 +770,16 @@ def _train(
         )  # fmt: skip
         eval_start = time.perf_counter()
         metrics: dict[str, float | None] = dict.fromkeys(
-            ("val_loss", "val_accuracy", "val_macro_f1")
+            ("val_loss", "val_accuracy", "val_f1", "val_macro_f1")
+            if token
+            else ("val_loss", "val_accuracy", "val_macro_f1")
         )
-        if len(val):
+        if len(val) and token:
+            metrics = _evaluate_tokens(
+                model, enc_val, y_val, val_texts, val_gold, list(labels), outputs,
+                cfg.batch_size * 2, pad_id, device, amp,
+            )  # fmt: skip
+        elif len(val):
             metrics = _evaluate(model, enc_val, y_val, cfg.batch_size * 2, pad_id, device, amp)
         row = {
             "epoch": epoch,
@@ -590,7 +791,7 @@ def _train(
             "lr": fit["lr"],
         }
         history.append(row)
-        score = row["val_macro_f1"] if row["val_macro_f1"] is not None else -row["train_loss"]
+        score = row[score_key] if row[score_key] is not None else -row["train_loss"]
         improved = score > best_score
         if improved:
             best_score, best_epoch = score, epoch
@@ -621,13 +822,15 @@ def _train(
             },
         )
         log.info(
-            "epoch %d/%d: train loss %.4f, val loss %s, accuracy %s, macro-F1 %s, "
+            "epoch %d/%d: train loss %.4f, val loss %s, %saccuracy %s, %smacro-F1 %s, "
             "%.1f examples/s, %.0f tokens/s, %.1f s%s",
             epoch,
             cfg.epochs,
             row["train_loss"],
             _fmt(row["val_loss"]),
+            "word " if token else "",
             _fmt(row["val_accuracy"]),
+            f"entity F1 {_fmt(row['val_f1'])}, " if token else "",
             _fmt(row["val_macro_f1"]),
             row["examples_per_s"],
             row["tokens_per_s"],
@@ -640,8 +843,9 @@ def _train(
     epochs_run = history[-1]["epoch"] if history else 0
     if epochs_run < cfg.epochs:
         log.info(
-            "early stopping after epoch %d: no macro-F1 gain for %d epochs (best epoch %d)",
+            "early stopping after epoch %d: no %s gain for %d epochs (best epoch %d)",
             epochs_run,
+            score_name,
             epochs_run - best_epoch,
             best_epoch,
         )
@@ -654,7 +858,7 @@ def _train(
                 if item.is_file() and item.name != BEST_FILE:
                     shutil.copy2(item, tmp / item.name)
             tokenizer.save_pretrained(tmp)
-            _write_json(list(labels), tmp / LABELS_FILE)
+            _write_json(list(outputs), tmp / LABELS_FILE)
             _replace_dir(tmp, output_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -662,7 +866,9 @@ def _train(
         _clear_checkpoints(checkpoint_dir)
     dist.barrier()
     seconds = time.perf_counter() - started
-    log.info("best epoch %d (macro-F1 %.4f) written to %s", best_epoch, best_score, output_dir)
+    log.info(
+        "best epoch %d (%s %.4f) written to %s", best_epoch, score_name, best_score, output_dir
+    )
     return TrainResult(
         model_dir=output_dir,
         history=history,
@@ -688,7 +894,7 @@ def _train_epoch(
     scheduler,
     scaler,
     encoded,
-    label_ids: np.ndarray,
+    targets: np.ndarray | list[list[int]],
     lengths: np.ndarray,
     cfg: TrainConfig,
     epoch: int,
@@ -700,8 +906,10 @@ def _train_epoch(
 ) -> dict[str, Any]:
     """One pass over the training data; returns the epoch's training metrics.
 
-    With several processes each takes its share of the batches and the
-    returned figures are totals over all of them.
+    ``targets``: a class id per example, or per-token ids (see :func:`_batch_targets`).
+    The training loss is the mean over all targets of the epoch (examples, or
+    labelled tokens). With several processes each takes its share of the batches
+    and the returned figures are totals over all of them.
     """
     model.train()
     # The batch order depends only on (seed, epoch): a resumed run sees the same
@@ -709,6 +917,7 @@ def _train_epoch(
     rng = np.random.default_rng([cfg.seed, epoch])
     batches = dist.share(length_bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches, rng))
     loss_sum = torch.zeros((), device=device)
+    target_count = torch.zeros((), dtype=torch.int64, device=device)
     seen = tokens = 0
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
@@ -725,10 +934,10 @@ def _train_epoch(
                 k: v.to(device, non_blocking=True)
                 for k, v in pad_batch(encoded, idx, pad_id).items()
             }
-            target = torch.as_tensor(label_ids[idx], device=device)
+            target = _batch_targets(targets, idx).to(device, non_blocking=True)
             with autocast(device, amp):
                 logits = model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            loss, count = _loss(logits, target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -737,23 +946,24 @@ def _train_epoch(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * count
+            target_count += count
             seen += len(idx)
             tokens += int(lengths[idx].sum())
             bar.update(1)
             if progress and (step % 10 == 0 or step == len(batches)):
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.4f}",
+                    loss=f"{loss_sum.item() / max(int(target_count.item()), 1):.4f}",
                     ex_s=f"{seen / elapsed:.1f}",
                     refresh=False,
                 )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    loss_total, seen, tokens = dist.sum(loss_sum.item(), seen, tokens)
+    loss_total, counted, seen, tokens = dist.sum(loss_sum.item(), target_count.item(), seen, tokens)
     seconds = time.perf_counter() - start
     return {
-        "train_loss": loss_total / max(seen, 1),
+        "train_loss": loss_total / max(counted, 1),
         "examples_per_s": round(seen / seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1),
         "seconds": seconds,
