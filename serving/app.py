@@ -8,6 +8,7 @@ Endpoints (OpenAPI at ``/docs``):
 - ``GET /review``: the least confident predictions nobody has reviewed.
 - ``GET /health``, ``GET /model``: what is served, and whether reloads work.
 - ``GET /stats``: what the micro-batcher did (batch sizes, rejections).
+- ``GET /metrics``: Prometheus metrics (:mod:`serving.metrics`; not in the OpenAPI schema).
 - ``POST /admin/reload`` (token): look at the ``champion`` alias now.
 
 Hot swap: a background thread polls the alias. When it moves, the new
@@ -29,14 +30,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -44,15 +44,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.batcher import BatcherClosed, BatchStats, MicroBatcher, QueueFull
+from serving.metrics import RecordRequests, ServiceMetrics
 from serving.model_source import LoadedModel, ModelSource, NoChampion, RegistrySource
-from tasks.config import Params
+from tasks.config import Params, TaskName
 from tasks.feedback_store import (
     FeedbackStore,
+    InvalidLabel,
     NewPrediction,
     PredictionRecord,
     UnknownLabel,
     UnknownPrediction,
 )
+from tasks.ner.spans import dumps
+from tasks.task_types import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,26 @@ class LabelScore(BaseModel):
     score: float = Field(ge=0.0, le=1.0, examples=[0.91])
 
 
+class Entity(BaseModel):
+    """An entity found in the text (token-classification models)."""
+
+    start: int = Field(ge=0, description="Offset of its first character in the text.")
+    end: int = Field(ge=0, description="Offset just past its last character.")
+    label: str = Field(description="The entity type.", examples=["person"])
+    score: float = Field(ge=0.0, le=1.0, description="Mean probability of its words' tags.")
+    text: str = Field(description="`text[start:end]`.", examples=["Empire State Building"])
+
+
+class EntitySpan(BaseModel):
+    """A corrected entity: character offsets into the predicted text and its type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    label: str = Field(min_length=1, max_length=255, examples=["location"])
+
+
 class Prediction(BaseModel):
     """The answer for one text."""
 
@@ -132,12 +156,26 @@ class Prediction(BaseModel):
         description="Send this back with POST /feedback to correct or confirm the answer.",
         examples=["3f2c9a6d1b7e4f0a8c5d2e1f0a9b8c7d"],
     )
-    label: str = Field(description="The most probable label.", examples=["card_arrival"])
+    label: str = Field(
+        description="The most probable label; for a token-classification model the "
+        'entities as JSON `[[start, end, "type"], ...]`.',
+        examples=["card_arrival"],
+    )
     confidence: float = Field(
-        ge=0.0, le=1.0, description="Probability of `label`.", examples=[0.91]
+        ge=0.0,
+        le=1.0,
+        description="Probability of `label`; for a token-classification model the mean "
+        "probability of the tags of the text's words.",
+        examples=[0.91],
     )
     top_k: list[LabelScore] = Field(
-        description="The `serve.top_k` most probable labels, most probable first."
+        description="The `serve.top_k` most probable labels, most probable first "
+        "(empty for a token-classification model)."
+    )
+    entities: list[Entity] | None = Field(
+        default=None,
+        description="Token-classification models: the entities, in text order "
+        "(null for a text classifier).",
     )
     model_name: str = Field(examples=["slmops-intent"])
     model_version: str = Field(examples=["3"])
@@ -168,12 +206,27 @@ class FeedbackRequest(BaseModel):
     prediction_id: str = Field(
         min_length=1, max_length=64, description="The id /predict returned with the answer."
     )
-    label: str = Field(
-        min_length=1, max_length=255, description="The correct label (one of GET /model's)."
+    label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="The correct label (one of GET /model's); text classifiers.",
+    )
+    entities: list[EntitySpan] | None = Field(
+        default=None,
+        max_length=1000,
+        description="The correct entities of the predicted text (all of them; `[]`: none); "
+        "token-classification models. Types from GET /model's `labels`.",
     )
     user: str | None = Field(
         default=None, max_length=255, description="Who gives the feedback (free text)."
     )
+
+    def label_cell(self) -> str:
+        """The label as stored: the label, or the entities as span JSON."""
+        if self.entities is None:
+            return str(self.label)
+        return dumps([(e.start, e.end, e.label) for e in self.entities])
 
 
 class FeedbackResponse(BaseModel):
@@ -239,7 +292,10 @@ class ModelResponse(BaseModel):
     name: str
     version: str
     run_id: str
-    labels: list[str]
+    task: str = Field(description="`sequence_classification` or `token_classification`.")
+    labels: list[str] = Field(
+        description="What feedback may name: the labels, or a token classifier's entity types."
+    )
     loaded_at: datetime
     source: str = Field(description="Registry URI of the version (`models:/<name>/<version>`).")
     format: str = Field(description="The format served: torch, torch-int8, onnx, onnx-int8, ...")
@@ -330,6 +386,8 @@ class ModelHolder:
         self.last_error: str | None = None
         self._failed: tuple[str, str, float] | None = None  # version, run_id, monotonic time
         self._lock = threading.Lock()
+        # Told about every version swapped in (the metrics' model info).
+        self.on_load: Callable[[LoadedModel], None] | None = None
 
     @property
     def status(self) -> HealthStatus:
@@ -370,6 +428,8 @@ class ModelHolder:
                 self.current = new  # the swap: one reference, loaded completely before
                 self.last_error = None
                 self._failed = None
+                if self.on_load is not None:
+                    self.on_load(new)
                 log.info("serving %s version %s", new.name, new.version)
                 return ReloadOutcome(before, new.version, True, None)
             except NoChampion as exc:
@@ -420,44 +480,29 @@ def configured_token(params: Params) -> str | None:
     return None
 
 
-def _top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"label": labels[i], "score": float(probs[i])} for i in order]
-
-
 @dataclass(frozen=True)
 class _Scored:
     """One request's predictions before they are logged (the model's part of a batch)."""
 
     rows: list[NewPrediction]
+    task: TaskType
+
+
+def _prediction(prediction_id: str, row: NewPrediction, task: TaskType) -> Prediction:
+    entities = task.name == TaskName.token_classification
+    return Prediction(
+        prediction_id=prediction_id,
+        label=row.label,
+        confidence=row.confidence,
+        top_k=[] if entities else [LabelScore(**x) for x in row.top_k],
+        entities=[Entity(**x) for x in row.top_k] if entities else None,
+        model_name=row.model_name,
+        model_version=row.model_version,
+    )
 
 
 class StoreUnavailable(RuntimeError):
     """The feedback store refused a batch of predictions (answered 503)."""
-
-
-def _predict_by_length(predictor: Any, texts: list[str], chunk: int) -> np.ndarray:
-    """``predictor.predict_proba(texts)``, in chunks of ``chunk`` texts of similar length.
-
-    A forward pass pads every text to the longest one in it; a micro-batch mixes
-    texts of 3 and 60 tokens. Sorting by characters (a close proxy for tokens)
-    and cutting into chunks costs one more call per chunk but far less padding:
-    measured on MiniLM (1 thread, test-split texts), 32 texts in chunks of 8 or 16
-    took 0.5 to 0.7x the time of one 32-text pass, which itself padded so much
-    that it was barely faster per text than batches of 8.
-    """
-    if len(texts) <= chunk:
-        return predictor.predict_proba(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: np.ndarray | None = None
-    for start in range(0, len(order), chunk):
-        idx = order[start : start + chunk]
-        probs = predictor.predict_proba([texts[i] for i in idx])
-        if out is None:
-            out = np.empty((len(texts), probs.shape[1]), dtype=probs.dtype)
-        out[idx] = probs
-    assert out is not None
-    return out
 
 
 def _review_item(p: PredictionRecord) -> ReviewItem:
@@ -582,6 +627,9 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     serve = params.serve
     holder = ModelHolder(model_loader or RegistrySource(params), params.registry.model_name)
     store = FeedbackStore.from_params(params)
+    # Prometheus metrics on a registry of this app's own (GET /metrics).
+    metrics = ServiceMetrics()
+    holder.on_load = lambda m: metrics.set_model(m.name, m.version, m.format)
     # One inference at a time: torch already spreads one batch over every core,
     # and a Hugging Face fast tokenizer must not be called from two threads at
     # once ("Already borrowed").
@@ -602,26 +650,25 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         # Read the reference once: the whole batch runs on one version, and a swap
         # during it does not affect it.
         loaded = served()
+        task = loaded.task
         flat = [text for texts in requests for text in texts]
-        probs = _predict_by_length(loaded.predictor, flat, batching.chunk_size)
-        labels = loaded.labels
-        k = min(serve.top_k, len(labels))
-        rows = []
-        for text, p in zip(flat, probs, strict=True):
-            top = _top_k(p, labels, k)
-            rows.append(
-                NewPrediction(
-                    text=text,
-                    label=top[0]["label"],
-                    confidence=top[0]["score"],
-                    top_k=top,
-                    model_name=loaded.name,
-                    model_version=loaded.version,
-                )
+        answers = task.score(loaded.predictor, flat, chunk=batching.chunk_size, top_k=serve.top_k)
+        rows = [
+            NewPrediction(
+                text=text,
+                label=a.label,
+                confidence=a.confidence,
+                # A token classifier's entities are its answer's details, kept where
+                # a text classifier keeps its runner-up labels.
+                top_k=a.top_k if a.entities is None else a.entities,
+                model_name=loaded.name,
+                model_version=loaded.version,
             )
+            for text, a in zip(flat, answers, strict=True)
+        ]
         out, start = [], 0
         for texts in requests:
-            out.append(_Scored(rows[start : start + len(texts)]))
+            out.append(_Scored(rows[start : start + len(texts)], task))
             start += len(texts)
         return out
 
@@ -636,18 +683,14 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
             raise StoreUnavailable(f"feedback store unavailable: {type(exc).__name__}") from exc
         answers, it = [], iter(zip(ids, rows, strict=True))
         for s in scored:
+            metrics.observe_predictions(
+                [c for r in s.rows for c in s.task.observed(r.label)],
+                [r.confidence for r in s.rows],
+            )
             answers.append(
                 PredictResponse(
                     predictions=[
-                        Prediction(
-                            prediction_id=pid,
-                            label=row.label,
-                            confidence=row.confidence,
-                            top_k=[LabelScore(**x) for x in row.top_k],
-                            model_name=row.model_name,
-                            model_version=row.model_version,
-                        )
-                        for pid, row in (next(it) for _ in s.rows)
+                        _prediction(pid, row, s.task) for pid, row in (next(it) for _ in s.rows)
                     ]
                 )
             )
@@ -700,6 +743,9 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         app.add_middleware(AnnounceArrivals, batcher=batcher)
 
     app.add_middleware(LimitBody, max_body=max_body)
+    app.state.metrics = metrics
+    # Added last, so outermost: it also times and counts what LimitBody refuses.
+    app.add_middleware(RecordRequests, metrics=metrics)
 
     # The dependencies are `async def` although they never await: FastAPI runs a
     # plain `def` dependency on a worker thread, one thread hop per request for
@@ -786,12 +832,29 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         summary="Correct or confirm a prediction",
     )
     def feedback(body: FeedbackRequest, response: Response) -> Any:
-        labels = served().labels
+        loaded = served()
+        entities = loaded.task.name == TaskName.token_classification
+        given = {"label": body.label is not None, "entities": body.entities is not None}
+        want = "entities" if entities else "label"
+        if not given[want] or sum(given.values()) != 1:
+            # Checked here, not in the request model: the answer depends on the model served.
+            shape = "a list of spans" if entities else "a string"
+            what = "missing or null" if not given[want] else "sent with the other field"
+            return JSONResponse(
+                {
+                    "detail": f"{want} {what}: the served model is {loaded.task.name.value}; "
+                    f"send '{want}' ({shape}) only",
+                    "valid_labels": loaded.label_set,
+                },
+                status_code=422,
+            )
         try:
-            row, created = store.add_feedback(body.prediction_id, body.label, labels, body.user)
+            row, created = store.add_feedback(
+                body.prediction_id, body.label_cell(), loaded.label_set, body.user, task=loaded.task
+            )
         except UnknownPrediction as exc:
             raise HTTPException(404, str(exc)) from None
-        except UnknownLabel as exc:
+        except (UnknownLabel, InvalidLabel) as exc:
             return JSONResponse(
                 {"detail": str(exc), "valid_labels": exc.known_labels}, status_code=422
             )
@@ -873,6 +936,16 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
         )
 
     @app.get(
+        "/metrics",
+        dependencies=[Depends(require_read)],
+        # Prometheus text, not JSON: left out of the OpenAPI schema (README: Monitoring).
+        include_in_schema=False,
+    )
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(content=body, media_type=content_type)
+
+    @app.get(
         "/model",
         response_model=ModelResponse,
         dependencies=[Depends(require_read)],
@@ -885,7 +958,8 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
             name=loaded.name,
             version=loaded.version,
             run_id=loaded.run_id,
-            labels=loaded.labels,
+            task=loaded.task.name.value,
+            labels=loaded.label_set,
             loaded_at=loaded.loaded_at,
             source=loaded.source,
             format=loaded.format,

@@ -41,9 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
-from tasks.config import Params, ServeFormat
+from tasks.config import Params, ServeFormat, TaskName
 from tasks.export import (
     FORMATS_DIR,
     FORMATS_FILE,
@@ -55,6 +53,7 @@ from tasks.export import (
 from tasks.inference import ONNX_FORMATS, BasePredictor, load_predictor
 from tasks.promotion import CHAMPION
 from tasks.redact import redact_text
+from tasks.task_types import TaskType, task_type
 from tasks.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -112,6 +111,16 @@ class LoadedModel:
     def labels(self) -> list[str]:
         """The model's labels, in output order."""
         return list(self.predictor.labels)
+
+    @property
+    def task(self) -> TaskType:
+        """The model's task type (sequence classification unless the predictor says)."""
+        return task_type(getattr(self.predictor, "task", TaskName.sequence_classification))
+
+    @property
+    def label_set(self) -> list[str]:
+        """What feedback may name: the labels, or a token classifier's entity types."""
+        return list(getattr(self.predictor, "entity_types", None) or self.labels)
 
     @property
     def format(self) -> str:
@@ -381,11 +390,12 @@ class RegistrySource:
             predictor, warning = build_predictor(self.params, folder, chosen)
             # A broken model should fail here, before it replaces a working one,
             # and the first real request should not pay for lazy initialisation.
-            probs = predictor.predict_proba([WARMUP_TEXT])
+            task = task_type(getattr(predictor, "task", TaskName.sequence_classification))
+            (answer,) = task.score(predictor, [WARMUP_TEXT], chunk=1, top_k=1)
         except Exception as exc:  # torch, safetensors and transformers raise many types
             raise ModelSourceError(f"{ref.uri}: cannot load model from {folder}: {exc}") from exc
-        if probs.shape != (1, len(predictor.labels)) or not np.isfinite(probs).all():
-            raise ModelSourceError(f"{ref.uri}: warm-up prediction is not a probability vector")
+        if not 0.0 <= answer.confidence <= 1.0:  # NaN fails too
+            raise ModelSourceError(f"{ref.uri}: warm-up prediction is not a probability")
         log.info("serving %s as %s (serve.format: %s)", ref.uri, predictor.format, requested)
         return LoadedModel(
             ref.name,

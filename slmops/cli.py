@@ -263,6 +263,7 @@ def train(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -
         f"trained {r.epochs_run} epoch(s) on {r.train_examples} examples in {r.seconds:.0f} s "
         f"({r.device}, {r.precision}); best epoch {r.best_epoch}: "
         f"val accuracy {best['val_accuracy']:.4f}, macro-F1 {best['val_macro_f1']:.4f}"
+        + (f", entity F1 {best['val_f1']:.4f}" if "val_f1" in best else "")
     )
     out.print(f"model: {r.model_dir}")
 
@@ -390,9 +391,15 @@ def retrain(
         trigger="cli",
     )
     verdict = "[green]promoted to champion[/]" if r["promoted"] else "[yellow]not promoted[/]"
+    m = r["metrics"]
+    entity = (
+        f"entity F1 {m['f1']:.4f} (P {m['precision']:.4f}, R {m['recall']:.4f}), "
+        if "f1" in m
+        else ""
+    )
     out.print(
-        f"{r['model']} version {r['version']}: accuracy {r['metrics']['accuracy']:.4f}, "
-        f"macro-F1 {r['metrics']['macro_f1']:.4f}; {verdict}"
+        f"{r['model']} version {r['version']}: {entity}accuracy {m['accuracy']:.4f}, "
+        f"macro-F1 {m['macro_f1']:.4f}; {verdict}"
     )
     out.print(f"gate: {r['decision']}")
 
@@ -466,6 +473,58 @@ def ingest_feedback(
         f"retrain: {r['retrain_reason'] or 'not due'}"
         + (f" → {r['retrain']}" if r["retrain"] else "")
     )
+
+
+EXIT_ALERT = 3  # `slmops monitor`: a check fired (1 is a failure, 2 a usage error)
+
+
+@app.command()
+def monitor(
+    window_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--window-hours", min=0.001, help="Override monitoring.window_hours for this run."
+        ),
+    ] = None,
+    no_alert: Annotated[
+        bool,
+        typer.Option("--no-alert", help="Write the report only: no webhook, no Prefect event."),
+    ] = False,
+    profile: ProfileOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the Prefect flow `monitor`: the champion's live predictions against its
+    test-set predictions.
+
+    Checks label distribution shift, a label's share spiking, confidence drop,
+    text-length drift and live accuracy on feedback (thresholds: monitoring.* in
+    params.yaml); writes an HTML report (opens offline) and latest.json under
+    monitoring.report_dir. When a check fires, POSTs drift_detected to the notify
+    webhook and emits the Prefect event slmops.monitoring.alert.
+
+    Exit code: 0 no check fired (or not enough live predictions to judge), 3 a check
+    fired, 1 the run failed (no champion, no reference predictions, bad params).
+    """
+    from flows.monitor import monitor as monitor_flow
+
+    r = _run_flow(
+        monitor_flow,
+        params_path=str(params),
+        profile=profile,
+        window_hours=window_hours,
+        alert=not no_alert,
+    )
+    verdict = {"alert": "[red]ALERT[/]", "ok": "[green]OK[/]", "insufficient": "[yellow]-[/]"}
+    out.print(f"{r['model']} version {r['version']}: {verdict[r['status']]} {r['message']}")
+    for name, check in r["checks"].items():
+        value = "-" if check["value"] is None else f"{check['value']:.4g}"
+        mark = {"fired": "[red]FIRED[/]", "ok": "[green]ok[/]"}.get(check["status"], "skipped")
+        out.print(f"  {mark} {name}: {value}")
+    out.print(f"report: {r['report']}")
+    if r["fired"]:
+        sent = "sent" if r["webhook_sent"] else "not sent (no URL, or event not in notify.events)"
+        out.print(f"alert: webhook {sent}")
+        raise typer.Exit(EXIT_ALERT)
 
 
 EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")

@@ -18,6 +18,7 @@ from tasks.config import Params
 from tasks.dataset import LabeledPaths, load_label_set, read_table, read_test, write_json_atomic
 from tasks.errors import DataError
 from tasks.evaluate import METRICS_FILE, REPORT_FILE, EvalResult, evaluate_model
+from tasks.task_types import task_type
 from tasks.tracking import actor, configure, flatten, git_commit, log_dataset, log_model, register
 from tasks.versioning import data_hash
 
@@ -71,10 +72,8 @@ def train_challenger(
     params: Params, *, progress: bool = True, on_epoch: Callable[[dict], None] | None = None
 ):
     """Fine-tune the base model on the train split; the model lands in ``train.output_dir``."""
-    from tasks.train import train_model
-
     train, val = _splits(params)
-    result = train_model(
+    result = task_type(params).train(
         train,
         val,
         load_label_set(params),
@@ -203,7 +202,8 @@ def register_challenger(
         )
         mlflow.log_artifacts(str(eval_dir), artifact_path="eval")
         mlflow.log_artifact(str(model_dir / TRAINING_FILE))
-        info = log_model(model_dir, input_example=test["text"].head(2).tolist())
+        task = task_type(params)
+        info = log_model(model_dir, input_example=test["text"].head(2).tolist(), task=task)
         version = register(
             info.model_uri,
             params.registry.model_name,
@@ -213,6 +213,8 @@ def register_challenger(
                 "git.commit": commit,
                 "metrics.accuracy": str(metrics["accuracy"]),
                 "metrics.macro_f1": str(metrics["macro_f1"]),
+                **({"metrics.f1": str(metrics["f1"])} if "f1" in metrics else {}),
+                "task": task.name.value,
                 "gate.decision": "pending",
             },
         )

@@ -82,7 +82,7 @@ class Severity(StrEnum):
 class DataConfig(_Strict):
     """Where each dataset lives, relative to the directory of ``params.yaml``."""
 
-    seed_train: str = "data/seed/banking77/train.csv"
+    seed_train: str | list[str] = "data/seed/banking77/train.csv"  # several files: concatenated
     seed_test: str = "data/seed/banking77/test.csv"
     seed_text_column: str = "text"
     seed_label_column: str = "category"
@@ -114,6 +114,9 @@ class SeverityConfig(_Strict):
     near_duplicate: Severity = Severity.warn
     leakage: Severity = Severity.error
     min_examples_per_class: Severity = Severity.error
+    # token_classification only
+    spans_valid: Severity = Severity.error
+    token_length: Severity = Severity.error
 
     @field_validator("*", mode="before")
     @classmethod
@@ -132,6 +135,8 @@ class ValidationConfig(_Strict):
     text_min_chars: Annotated[int, Field(ge=1)] = 2
     text_max_chars: Annotated[int, Field(ge=1)] = 1000
     min_examples_per_class: Annotated[int, Field(ge=0)] = 10
+    token_min_words: Annotated[int, Field(ge=1)] = 1  # token_classification: words per text
+    token_max_words: Annotated[int, Field(ge=1)] = 200
     sample_rows: Annotated[int, Field(ge=0, le=1000)] = 5
     report_dir: str = "reports/validation"
     severity: SeverityConfig = SeverityConfig()
@@ -476,6 +481,7 @@ class NotifyEvent(StrEnum):
     flow_failed = "flow_failed"
     challenger_refused = "challenger_refused"
     challenger_promoted = "challenger_promoted"
+    drift_detected = "drift_detected"  # a monitoring check fired (tasks/monitoring.py)
 
 
 class NotifyConfig(_Strict):
@@ -493,8 +499,8 @@ class NotifyConfig(_Strict):
         default=None, description="file holding the webhook URL (when the variable is unset)"
     )
     events: list[NotifyEvent] = Field(
-        default=[NotifyEvent.flow_failed],
-        description="flow_failed | challenger_refused | challenger_promoted",
+        default=[NotifyEvent.flow_failed, NotifyEvent.drift_detected],
+        description="flow_failed | challenger_refused | challenger_promoted | drift_detected",
     )
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=5.0, description="give up on the webhook after this long (the flow goes on)"
@@ -509,9 +515,106 @@ class NotifyConfig(_Strict):
         return value
 
 
+class MonitoringConfig(_Strict):
+    """Production monitoring: the champion's live predictions against its test-set
+    predictions (``tasks/monitoring.py``, flow ``monitor``, ``slmops monitor``).
+
+    A check fires only when its statistical test is significant at ``alpha`` *and*
+    the effect is at least its threshold: with thousands of predictions a test
+    finds differences too small to matter, with a few dozen the effect sizes are noise.
+    """
+
+    window_hours: Annotated[float, Field(gt=0)] | None = Field(
+        default=24.0,
+        description="live window: the champion's predictions of the last this many hours "
+        "(null: no time limit)",
+    )
+    max_predictions: Annotated[int, Field(ge=1)] = Field(
+        default=5000, description="live window: at most this many predictions, the most recent"
+    )
+    min_predictions: Annotated[int, Field(ge=1)] = Field(
+        default=200,
+        description="fewer live predictions than this: the report says 'not enough live "
+        "predictions', no check runs and nothing is alerted",
+    )
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.01,
+        description="significance level of the tests (chi-square, Kolmogorov-Smirnov, binomial)",
+    )
+    label_psi_max: Annotated[float, Field(gt=0)] = Field(
+        default=0.2,
+        description="label distribution: fire above this population stability index (PSI) "
+        "of predicted labels, live vs reference (0.1: moderate, 0.2: large shift)",
+    )
+    spike_share_gain: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.10,
+        description="label spike: a label's live share must exceed its reference share by at "
+        "least this much (absolute: 0.10 = ten points) ...",
+    )
+    spike_ratio: Annotated[float, Field(ge=1)] = Field(
+        default=2.0, description="... and be at least this many times its reference share"
+    )
+    confidence_drop_max: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.10,
+        description="confidence: fire when the mean confidence falls by at least this much",
+    )
+    length_psi_max: Annotated[float, Field(gt=0)] = Field(
+        default=0.2, description="text length: fire above this PSI over the word-count buckets"
+    )
+    length_buckets: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[5, 10, 15, 20, 30, 50],
+        description="word-count upper bounds of the text-length buckets (last bucket open)",
+    )
+    live_accuracy_floor: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.80,
+        description="live accuracy: fire when the share of feedback confirming the "
+        "prediction falls below this",
+    )
+    min_feedback: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="live accuracy: feedback rows needed in the window to judge it"
+    )
+    psi_epsilon: Annotated[float, Field(gt=0, le=0.01)] = Field(
+        default=1e-4, description="share given to an empty bin in PSI (log of 0 otherwise)"
+    )
+    reference_file: str | None = Field(
+        default=None,
+        description="reference predictions (CSV: text, pred, confidence, as evaluation "
+        "writes); null: the champion's eval/predictions.csv in MLflow, else the local "
+        "evaluate.output_dir copy (with a warning in the report)",
+    )
+    report_dir: str = Field(
+        default="reports/monitoring",
+        description="where report-<UTC time>.html, latest.html and latest.json go",
+    )
+    schedule_every_seconds: Annotated[int, Field(ge=60)] = Field(
+        default=3600, description="deployment monitor/scheduled: run this often"
+    )
+    schedule_cron: str | None = Field(
+        default=None,
+        description="deployment monitor/scheduled: a cron (UTC) instead of the interval",
+    )
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one word-count bound")
+        if sorted(set(value)) != value:
+            raise ValueError(f"bounds must be strictly increasing, got {value}")
+        return value
+
+
+class TaskName(StrEnum):
+    """What the model learns; every step reads it (see ``tasks/task_types.py``)."""
+
+    sequence_classification = "sequence_classification"  # one label per text (intents)
+    token_classification = "token_classification"  # entity spans in a text (NER)
+
+
 class Params(_Strict):
     """Everything in ``params.yaml``."""
 
+    task: TaskName = TaskName.sequence_classification
     data: DataConfig = DataConfig()
     labels: LabelsConfig = LabelsConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -526,6 +629,7 @@ class Params(_Strict):
     export: ExportConfig = ExportConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     notify: NotifyConfig = NotifyConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named sets of overrides, e.g. `full` for the longest training.",
@@ -533,6 +637,19 @@ class Params(_Strict):
 
     # Directory of the params file; relative paths are resolved against it.
     root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _gate_fits_task(self) -> Params:
+        # The paired bootstrap resamples per-text labels: span JSON has no macro-F1.
+        if (
+            self.task == TaskName.token_classification
+            and self.gate.significance == SignificanceTest.bootstrap
+        ):
+            raise ValueError(
+                "gate.significance 'bootstrap' works for sequence_classification only; "
+                "use mcnemar (on texts whose entities are exactly right) or none"
+            )
+        return self
 
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from the config against the project root."""

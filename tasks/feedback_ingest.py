@@ -24,11 +24,12 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from tasks.config import Params
+from tasks.config import Params, TaskName
 from tasks.dataset import LabeledPaths, read_labeled, read_table
 from tasks.feedback_store import FeedbackItem, FeedbackStore
 from tasks.label_import import ImportSummary, merge_votes
 from tasks.label_sources import VoteTable
+from tasks.task_types import TaskType, task_type
 from tasks.versioning import data_hash, track
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,24 @@ def live_accuracy(feedback: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def votes_from_feedback(feedback: pd.DataFrame) -> VoteTable:
-    """One vote per feedback row; anonymous feedback votes once per prediction."""
+def votes_from_feedback(feedback: pd.DataFrame, task: TaskType | None = None) -> VoteTable:
+    """One vote per feedback row; anonymous feedback votes once per prediction.
+
+    Texts lose surrounding whitespace as all labeled texts do; ``task`` (default:
+    sequence classification) moves the label with them (entity offsets).
+    """
+    task = task or task_type(TaskName.sequence_classification)
     annotator = feedback["user"].where(
         feedback["user"].notna() & (feedback["user"].astype(str).str.strip() != ""),
         "prediction:" + feedback["prediction_id"].astype(str),
     )
+    stripped = [
+        task.strip(str(t), str(c)) for t, c in zip(feedback["text"], feedback["label"], strict=True)
+    ]
     votes = pd.DataFrame(
         {
-            "text": feedback["text"].astype(str),
-            "label": feedback["label"].astype(str),
+            "text": [t for t, _ in stripped],
+            "label": [c for _, c in stripped],
             "annotator": annotator.astype(str),
             "source_id": feedback["feedback_id"].astype(str),
         }
@@ -195,7 +204,7 @@ def ingest_feedback(
     summary = None
     if len(todo):
         summary = merge_votes(
-            votes_from_feedback(todo),
+            votes_from_feedback(todo, task_type(params)),
             params,
             source=f"feedback {first}-{last}",
             batch_id=f"feedback-{first}-{last}",

@@ -34,7 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
-from tasks.config import Params
+from tasks.config import Params, TaskName
+from tasks.task_types import LabelError, TaskType, task_type
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ predictions_table = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: unguessable, no round trip
     sa.Column("text", sa.Text, nullable=False),
-    sa.Column("label", sa.String(255), nullable=False),
+    # Text: a token-classification label is span JSON, longer than a class name.
+    sa.Column("label", sa.Text, nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("top_k", sa.JSON, nullable=False),
     sa.Column("model_name", sa.String(255), nullable=False),
@@ -75,7 +77,7 @@ feedback_table = sa.Table(
         sa.ForeignKey("predictions.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     # Not "user": that is a reserved word (and a function) in Postgres.
     sa.Column("user_name", sa.String(255), nullable=True),
@@ -119,6 +121,15 @@ class UnknownLabel(FeedbackError):
         if more > 0:
             shown += f", … ({more} more; GET /model lists them all)"
         super().__init__(f"unknown label {label!r}; valid labels: {shown}")
+
+
+class InvalidLabel(FeedbackError):
+    """Feedback whose label does not fit the prediction's text (e.g. an entity span
+    cutting a word, or overlapping another)."""
+
+    def __init__(self, reason: str, known_labels: Collection[str]) -> None:
+        self.known_labels = sorted(known_labels)
+        super().__init__(reason)
 
 
 @dataclass(frozen=True)
@@ -355,18 +366,27 @@ class FeedbackStore:
         label: str,
         known_labels: Collection[str],
         user: str | None = None,
+        *,
+        task: TaskType | None = None,
     ) -> tuple[FeedbackRecord, bool]:
         """Record a reviewer's label for a prediction; return the row and whether it is new.
 
-        The same (prediction, label) sent again returns the stored row and
-        creates nothing, so clients can retry safely. Raises
-        :class:`UnknownPrediction` or :class:`UnknownLabel` before writing.
+        ``task`` (default: sequence classification) checks the label against the
+        prediction's text and ``known_labels`` and gives its stored form. The
+        same (prediction, label) sent again returns the stored row and creates
+        nothing, so clients can retry safely. Raises :class:`UnknownPrediction`,
+        :class:`UnknownLabel` or :class:`InvalidLabel` before writing.
         """
         prediction = self.get_prediction(prediction_id)
         if prediction is None:
             raise UnknownPrediction(prediction_id)
-        if label not in known_labels:
-            raise UnknownLabel(label, known_labels)
+        task = task or task_type(TaskName.sequence_classification)
+        try:
+            label = task.canonical(prediction.text, label, known_labels)
+        except LabelError as exc:
+            if task.name == TaskName.sequence_classification:
+                raise UnknownLabel(label, known_labels) from None
+            raise InvalidLabel(str(exc), known_labels) from None
         with self.engine.connect() as conn:
             existing = self._find_feedback(conn, prediction_id, label)
         if existing is not None:

@@ -32,7 +32,7 @@ from tasks.dataset import (
 )
 from tasks.errors import DataError
 from tasks.label_sources import VoteTable, read_votes, resolve_votes
-from tasks.validate import validate_frame
+from tasks.task_types import LabelError, TaskType, task_type
 from tasks.versioning import data_hash, track
 
 log = logging.getLogger(__name__)
@@ -72,19 +72,38 @@ def _batch_id(path: Path, now: datetime) -> str:
     return f"import-{now:%Y%m%dT%H%M%SZ}-{digest}"
 
 
+def _unknown_classes(resolved: pd.DataFrame, label_set: list[str], task: TaskType) -> pd.Series:
+    """Per row, the classes its label names that are not in the set (empty: none).
+
+    A label cell the task cannot read names nothing here: the gate sets it
+    aside with the reason.
+    """
+    known = set(label_set)
+
+    def unknown(cell: str) -> list[str]:
+        try:
+            return [c for c in task.classes(cell) if c not in known]
+        except LabelError:
+            return []
+
+    return resolved["label"].map(unknown)
+
+
 def _check_labels(
-    resolved: pd.DataFrame, label_set: list[str], source: str, allow_new: bool
+    resolved: pd.DataFrame, label_set: list[str], source: str, allow_new: bool, task: TaskType
 ) -> list[str]:
     """Labels not in the set: an error listing them, or new classes when allowed."""
-    unknown = resolved.loc[~resolved["label"].isin(label_set)]
-    if unknown.empty:
+    unknown = _unknown_classes(resolved, label_set, task)
+    if not unknown.map(bool).any():
         return []
-    new = sorted(unknown["label"].unique())
+    by_label = unknown.explode().dropna()
+    new = sorted(by_label.unique())
     if allow_new:
         return new
     listed = "; ".join(
-        f"{label!r} ({len(g)} row(s): {', '.join(g['source_id'].astype(str).head(3))})"
-        for label, g in unknown.groupby("label", sort=True)
+        f"{label!r} ({len(g)} row(s): "
+        f"{', '.join(resolved.loc[g.index, 'source_id'].astype(str).head(3))})"
+        for label, g in by_label.groupby(by_label, sort=True)
     )
     raise DataError(
         f"{source}: {len(new)} label(s) not in the label set: {listed}. Fix the export, "
@@ -148,14 +167,22 @@ def merge_votes(
 
     resolved, vote_quarantine = resolve_votes(table.votes, params.label_import.min_agreement)
     label_set = load_label_set(params)
+    task = task_type(params)
     unknown_quarantine = resolved.iloc[0:0].assign(reason="")
     if quarantine_unknown_labels and not params.labels.allow_new:
-        unknown = ~resolved["label"].isin(label_set)
+        names = _unknown_classes(resolved, label_set, task)
+        unknown = names.map(bool)
         unknown_quarantine = resolved.loc[unknown].assign(
-            reason=lambda d: "label " + d["label"].map(repr) + " is not in the label set"
+            reason=names[unknown].map(
+                lambda n: (
+                    f"label {n[0]!r} is not in the label set"
+                    if len(n) == 1
+                    else f"labels {n} are not in the label set"
+                )
+            )
         )
         resolved = resolved.loc[~unknown]
-    new_labels = _check_labels(resolved, label_set, source, params.labels.allow_new)
+    new_labels = _check_labels(resolved, label_set, source, params.labels.allow_new, task)
     label_set = label_set + new_labels
 
     provenance = {
@@ -175,7 +202,7 @@ def merge_votes(
     merged, corrections, unchanged = _merge(existing, incoming, stamp)
     fresh = set(merged["text"].iloc[len(existing) :])
 
-    result = validate_frame(
+    result = task.validate_frame(
         merged,
         params,
         label_set,

@@ -25,7 +25,8 @@ from tasks.dataset import (
     write_json_atomic,
 )
 from tasks.errors import DataError
-from tasks.validate import ValidationResult, validate_frame
+from tasks.task_types import task_type
+from tasks.validate import ValidationResult
 from tasks.versioning import restore, track
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,16 @@ class InitSummary:
     quarantined_rows: int
 
 
-def _read_seed(params: Params, rel: str) -> pd.DataFrame:
-    d = params.data
-    df = read_table(params.path(rel), (d.seed_text_column, d.seed_label_column))
-    df = df.rename(columns={d.seed_text_column: "text", d.seed_label_column: "label"})
-    # Surrounding newlines/spaces in a few seed texts carry no meaning.
-    df["text"] = df["text"].str.strip()
-    df["source_file"] = rel
-    df["source_id"] = [f"row {i}" for i in range(1, len(df) + 1)]
-    return df
+def _read_seed(params: Params, rels: str | list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of the seed file(s) (``text``, ``label``, provenance) and the items that
+    could not become rows (kept aside with the reason, never dropped)."""
+    task = task_type(params)
+    rows, rejected = [], []
+    for rel in [rels] if isinstance(rels, str) else rels:
+        table = task.read_seed(params, rel)
+        rows.append(table.votes[["text", "label", "source_id"]].assign(source_file=rel))
+        rejected.append(table.rejected.assign(source_file=rel, check="seed_format"))
+    return pd.concat(rows, ignore_index=True), pd.concat(rejected, ignore_index=True)
 
 
 def build_from_seed(params: Params) -> InitSummary:
@@ -60,8 +62,8 @@ def build_from_seed(params: Params) -> InitSummary:
     """
     paths = LabeledPaths(params)
     label_set = read_label_file(params.path(params.labels.label_set))
-    test = _read_seed(params, params.data.seed_test)
-    train = _read_seed(params, params.data.seed_train)
+    test, test_rejected = _read_seed(params, params.data.seed_test)
+    train, train_rejected = _read_seed(params, params.data.seed_train)
     train = train.assign(
         source="seed", batch_id="seed", imported_at=None, annotator_count=None, agreement=None
     ).reindex(columns=LABELED_COLUMNS)
@@ -76,26 +78,28 @@ def build_from_seed(params: Params) -> InitSummary:
 
     write_csv_atomic(result.clean, paths.labeled)
     write_json_atomic(label_set, paths.labels)
-    write_csv_atomic(_aside(result), paths.quarantine)
+    write_csv_atomic(_aside(result, train_rejected), paths.quarantine)
     write_csv_atomic(empty_frame(CORRECTION_COLUMNS), paths.corrections)
     write_csv_atomic(test[["text", "label"]], paths.test)
-    write_csv_atomic(_aside(test_result), paths.test_dir / QUARANTINE_FILE)
+    write_csv_atomic(_aside(test_result, test_rejected), paths.test_dir / QUARANTINE_FILE)
     for name, res in (("train", result), ("test", test_result)):
         for line in res.problems():
             log.info("seed %s rows set aside: %s", name, line)
-    return InitSummary("built", len(result.clean), len(test), len(result.quarantined))
+    aside = len(result.quarantined) + len(train_rejected)
+    return InitSummary("built", len(result.clean), len(test), aside)
 
 
 def _gate(params: Params, df: pd.DataFrame, label_set: list[str], test_texts) -> ValidationResult:
-    result = validate_frame(df, params, label_set, test_texts, dataset="seed")
+    result = task_type(params).validate_frame(df, params, label_set, test_texts, dataset="seed")
     if any(c.blocking and not c.rows for c in result.checks):
         raise DataError("seed data fails the gate: " + "; ".join(result.problems()))
     return result
 
 
-def _aside(result: ValidationResult) -> pd.DataFrame:
+def _aside(result: ValidationResult, unread: pd.DataFrame) -> pd.DataFrame:
     # No timestamp, so the seed build is byte-for-byte reproducible.
-    return result.quarantined.assign(quarantined_at=None).reindex(columns=QUARANTINE_COLUMNS)
+    aside = pd.concat([unread, result.quarantined], ignore_index=True)
+    return aside.assign(quarantined_at=None).reindex(columns=QUARANTINE_COLUMNS)
 
 
 def init_data(params: Params, *, rebuild: bool = False) -> InitSummary:

@@ -1,4 +1,4 @@
-"""Carve a stratified validation split from the labeled data (never from the test split)."""
+"""Carve a validation split from the labeled data (never from the test split)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import Params
+from tasks.config import Params, TaskName
 from tasks.dataset import read_labeled, write_csv_atomic
+from tasks.task_types import task_type
 
 
 @dataclass(frozen=True)
@@ -22,21 +23,20 @@ class SplitSummary:
 
 
 def split_frame(
-    df: pd.DataFrame, val_fraction: float, seed: int
+    df: pd.DataFrame,
+    val_fraction: float,
+    seed: int,
+    task: TaskName = TaskName.sequence_classification,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified split: ``val_fraction`` of each class (rounded) goes to validation.
-
-    Deterministic for a given seed; a class too small to spare a row stays in train.
-    """
-    val = df.groupby("label", sort=True).sample(frac=val_fraction, random_state=seed)
-    train = df.drop(index=val.index)
-    return train.reset_index(drop=True), val.sort_index().reset_index(drop=True)
+    """The task type's split: for classification ``val_fraction`` of each class (rounded),
+    a class too small to spare a row staying in train. Deterministic for a given seed."""
+    return task_type(task).split_frame(df, val_fraction, seed)
 
 
 def write_splits(params: Params) -> SplitSummary:
     """Split the labeled data into ``data/splits/train.csv`` and ``val.csv``."""
     df = read_labeled(params)
-    train, val = split_frame(df, params.split.val_fraction, params.split.seed)
+    train, val = split_frame(df, params.split.val_fraction, params.split.seed, params.task)
     out = params.path(params.data.splits_dir)
     write_csv_atomic(train, out / "train.csv")
     write_csv_atomic(val, out / "val.csv")

@@ -14,11 +14,14 @@ import socket
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tasks.config import Params
+
+if TYPE_CHECKING:
+    from tasks.task_types import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +120,25 @@ def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, contex
     mlflow.log_input(dataset, context=context)
 
 
-def log_model(model_dir: Path, *, input_example: list[str]):
-    """Log the fine-tuned model (transformers flavour, safetensors) to the active run."""
-    import mlflow
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def log_model(model_dir: Path, *, input_example: list[str], task: TaskType | None = None):
+    """Log the fine-tuned model (transformers flavour, safetensors) to the active run.
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ``task`` defaults to the one the model folder was trained for.
+    """
+    import mlflow
+    import transformers
+
+    from tasks.inference import task_of
+    from tasks.task_types import task_type
+
+    task = task or task_type(task_of(transformers.AutoConfig.from_pretrained(model_dir)))
+    model_class = getattr(transformers, task.model_class)
+    model = model_class.from_pretrained(model_dir, use_safetensors=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     return mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
-        task="text-classification",
+        task=task.pipeline_task,
         pip_requirements=MODEL_REQUIREMENTS,
         input_example=input_example,
     )
