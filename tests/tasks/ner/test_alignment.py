@@ -13,6 +13,7 @@ from tasks.ner import spans as sp
 from tasks.ner.alignment import (
     IGNORE_INDEX,
     NO_WORD,
+    bio_viterbi,
     decode,
     encode,
     entities,
@@ -234,3 +235,59 @@ def test_a_text_without_words_has_no_entities_and_full_confidence(tokenizer):
     assert entities("  \n ", result) == []
     with pytest.raises(ValueError, match="one column per tag"):
         word_tags("a", [(0, 1)], [0], np.ones((1, 3)), TAGS)
+
+
+def word_probs(*rows: dict[str, float]) -> np.ndarray:
+    """Per-word tag probabilities from ``{tag: p}`` dicts, the rest spread evenly."""
+    out = np.zeros((len(rows), len(TAGS)))
+    for w, row in enumerate(rows):
+        rest = (1 - sum(row.values())) / (len(TAGS) - len(row))
+        out[w] = [row.get(t, rest) for t in TAGS]
+    return out
+
+
+def test_viterbi_keeps_a_well_formed_argmax():
+    probs = word_probs({"B-person": 0.7}, {"I-person": 0.6}, {"O": 0.9}, {"B-location": 0.5})
+    assert [TAGS[k] for k in bio_viterbi(probs, TAGS)] == [
+        "B-person",
+        "I-person",
+        "O",
+        "B-location",
+    ]
+    assert bio_viterbi(np.zeros((0, len(TAGS))), TAGS) == []
+
+
+def test_viterbi_mends_an_entity_whose_words_disagree_on_the_type():
+    # argmax: B-person I-location (a person cut short, a location from nowhere).
+    probs = word_probs(
+        {"B-person": 0.8, "B-location": 0.1},
+        {"I-location": 0.45, "I-person": 0.4, "O": 0.1},
+    )
+    assert [TAGS[k] for k in bio_viterbi(probs, TAGS)] == ["B-person", "I-person"]
+
+
+def test_viterbi_never_starts_an_entity_with_inside():
+    # An I-x after O (or first) is impossible; the best well-formed choice wins: here
+    # B-location at the start, O after an O.
+    probs = word_probs(
+        {"I-location": 0.5, "B-location": 0.3}, {"O": 0.9}, {"I-person": 0.5, "O": 0.4}
+    )
+    assert [TAGS[k] for k in bio_viterbi(probs, TAGS)] == ["B-location", "O", "O"]
+
+
+def test_word_tags_score_the_chosen_tag_and_spans_follow_the_mended_path(tokenizer):
+    text = "Empire State rocks"
+    enc = encode(tokenizer, [text], max_length=16)
+    words = enc["word_ids"][0]
+    probs = probs_for(words, ["B-location", "O", "O"])
+    state = words.index(1)
+    probs[state] = word_probs({"I-person": 0.5, "I-location": 0.4, "O": 0.05})[0]
+    result = word_tags(text, enc["offset_mapping"][0], words, probs, TAGS)
+    assert result.tags == ["B-location", "I-location", "O"]
+    assert result.scores[1] == pytest.approx(0.4), "the chosen tag's probability, not the top one"
+    assert result.spans() == [(0, 12, "location")]
+
+
+def test_tags_without_O_are_refused():
+    with pytest.raises(ValueError, match="no O tag"):
+        bio_viterbi(np.ones((1, 2)) / 2, ["B-x", "I-x"])
