@@ -350,8 +350,11 @@ def measure(
     model: Model, test: Any, export_cfg: Any, budget: Budget, workdir: Path
 ) -> dict[str, Any]:
     """Everything in the module doc: the ``results`` of the payload."""
-    from tasks.export import ONNX_FILE, accuracy, export_onnx, quantize_onnx
+    from tasks.export import ONNX_FILE, export_onnx, quantize_onnx
     from tasks.inference import load_predictor
+    from tasks.task_types import SequenceClassification
+
+    accuracy = SequenceClassification().format_score
 
     quiet_transformers()
     threads = os.cpu_count() or 1

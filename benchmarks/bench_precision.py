@@ -77,14 +77,15 @@ def serving_measure(folder: Any, test: Any, rounds: int, singles: int) -> dict[s
     in fp32 and in bf16 autocast, alternated: a row per precision and the speed ratio."""
     from benchmarks.bench_formats import BATCH, Budget, calls, plan_rounds, timed_side
     from benchmarks.bench_service import latency_ms
-    from tasks.export import accuracy
     from tasks.inference import load_predictor
+    from tasks.task_types import SequenceClassification
 
     budget = Budget("serving", None, rounds, warmup=1, singles=singles, batches=1, memory=False)
     predictors = {
         p: load_predictor(fmt, folder, device="cpu", num_threads=os.cpu_count())
         for p, fmt in SERVING_FORMATS.items()
     }
+    accuracy = SequenceClassification().format_score
     acc = {p: accuracy(pred, test) for p, pred in predictors.items()}
     plan = plan_rounds(test["text"].astype(str).tolist(), budget)
     fns = {p: timed_side(*calls(pred), plan) for p, pred in predictors.items()}

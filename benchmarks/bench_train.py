@@ -72,7 +72,7 @@ def load_data(spec: dict[str, Any]) -> dict[str, Any]:
     from tasks.config import load_params
     from tasks.dataset import load_label_set, read_labeled, read_test
     from tasks.split import split_frame
-    from tasks.train import stratified_fraction
+    from tasks.task_types import stratified_fraction
 
     params = load_params(REPO / "params.yaml")
     train, val = split_frame(read_labeled(params), params.split.val_fraction, params.split.seed)

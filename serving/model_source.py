@@ -120,7 +120,7 @@ class LoadedModel:
     @property
     def label_set(self) -> list[str]:
         """What feedback may name: the labels, or a token classifier's entity types."""
-        return list(getattr(self.predictor, "entity_types", None) or self.labels)
+        return self.task.label_set_of(self.labels)
 
     @property
     def format(self) -> str:

@@ -605,7 +605,7 @@ class MonitoringConfig(_Strict):
 
 
 class TaskName(StrEnum):
-    """What the model learns; every step reads it (see ``tasks/task_types.py``)."""
+    """What the model learns; every step reads it (see ``tasks/task_types/``)."""
 
     sequence_classification = "sequence_classification"  # one label per text (intents)
     token_classification = "token_classification"  # entity spans in a text (NER)

@@ -39,7 +39,7 @@ import pandas as pd
 
 from tasks.config import EvalConfig
 from tasks.dataset import write_csv_atomic, write_json_atomic
-from tasks.inference import TOKEN_CLASSIFICATION, BasePredictor, Predictor
+from tasks.inference import BasePredictor, Predictor
 from tasks.metrics import (
     classification_report,
     confusion_rows,
@@ -49,6 +49,7 @@ from tasks.metrics import (
     reliability_rows,
     slice_metrics,
 )
+from tasks.task_types import task_type
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,7 @@ def measure_latency(predictor: Predictor, texts: list[str], samples: int) -> dic
     if samples == 0 or not texts:
         return {}
     chosen = [texts[i % len(texts)] for i in range(samples)]
-    if getattr(predictor, "task", None) == TOKEN_CLASSIFICATION:
-        predict = predictor.predict_entities  # decoding the spans included
-    else:
-        predict = predictor.predict_proba
+    predict = task_type(predictor.task).predict_call(predictor)  # decoding included
     predict(chosen[:5], batch_size=1)  # warm-up
     times = []
     for text in chosen:
@@ -114,13 +112,28 @@ def evaluate_model(
     val: pd.DataFrame | None = None,
     model: str | None = None,
 ) -> EvalResult:
-    """Evaluate on the test split (and slice by data source on ``val`` when given).
+    """Evaluate on the test split (and slice by data source on ``val`` when given), as
+    the predictor's task type does (:meth:`tasks.task_types.TaskType.evaluate`): a
+    sequence classifier by labels (:func:`evaluate_labels`), a token classifier by
+    entities (:func:`evaluate_entities`), into the same files.
 
     ``model`` (a digest of the evaluated model's files) is recorded in the report.
-    A token classifier is evaluated by entities (module doc), into the same files.
     """
-    if getattr(predictor, "task", None) == TOKEN_CLASSIFICATION:
-        return _evaluate_entities(predictor, test, cfg, Path(out_dir), val=val, model=model)
+    return task_type(predictor.task).evaluate(
+        predictor, test, cfg, Path(out_dir), val=val, model=model
+    )
+
+
+def evaluate_labels(
+    predictor: Predictor,
+    test: pd.DataFrame,
+    cfg: EvalConfig,
+    out_dir: Path,
+    *,
+    val: pd.DataFrame | None = None,
+    model: str | None = None,
+) -> EvalResult:
+    """:func:`evaluate_model` for a sequence classifier (module doc)."""
     labels = predictor.labels
     start = time.perf_counter()
     preds, probs = predict_frame(predictor, test, cfg.batch_size)
@@ -229,7 +242,7 @@ def _micro(counts: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _evaluate_entities(
+def evaluate_entities(
     predictor: BasePredictor,
     test: pd.DataFrame,
     cfg: EvalConfig,
@@ -242,7 +255,7 @@ def _evaluate_entities(
     from tasks.ner import spans as sp
     from tasks.ner.metrics import entity_report, length_slices, row_counts
 
-    types = predictor.entity_types
+    types = predictor.label_set
     start = time.perf_counter()
     preds, words = predict_entity_frame(predictor, test, cfg.batch_size)
     seconds = time.perf_counter() - start

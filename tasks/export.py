@@ -65,15 +65,13 @@ import yaml
 from tasks.config import ExportConfig, Params, ServeFormat
 from tasks.inference import (
     ONNX_FORMATS,
-    TOKEN_CLASSIFICATION,
     BasePredictor,
-    auto_model_class,
     load_predictor,
     native_bf16,
     ort_session,
     softmax,
-    task_of,
 )
+from tasks.task_types import TaskType, task_of, task_type
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +180,12 @@ def export_onnx(model_dir: str | Path, dest: str | Path, opset: int = 17) -> Pat
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     task = task_of(AutoConfig.from_pretrained(str(model_dir)))
     model = (
-        auto_model_class(task)
+        task.auto_class()
         .from_pretrained(str(model_dir), use_safetensors=True, dtype=torch.float32)
         .eval()
     )
     # A token classifier answers per token: its output has the sequence axis too.
-    logits_axes = {0: "batch", 1: "sequence"} if task == TOKEN_CLASSIFICATION else {0: "batch"}
+    logits_axes = {0: "batch", 1: "sequence"} if task.per_token else {0: "batch"}
     sample = ["my card has not arrived yet, what should I do?", "top up"]
     encoded = tokenizer(sample, padding=True, return_tensors="pt")
     names = tuple(n for n in INPUT_NAMES if n in encoded)
@@ -276,39 +274,6 @@ class FormatCheck:
     note: str = ""
 
 
-def accuracy(predictor: BasePredictor, test: pd.DataFrame, batch_size: int = 128) -> float:
-    """Share of test rows whose most probable label is the row's label."""
-    preds = predictor.predict(test["text"].tolist(), batch_size=batch_size)
-    return float(np.mean(np.asarray(preds) == test["label"].to_numpy()))
-
-
-def entity_f1(predictor: BasePredictor, test: pd.DataFrame, batch_size: int = 128) -> float:
-    """Micro entity F1 (strict spans) of a token classifier on test rows whose
-    ``label`` is span JSON."""
-    from tasks.ner import spans as sp
-    from tasks.ner.metrics import entity_report
-
-    found = predictor.predict_entities(test["text"].astype(str).tolist(), batch_size=batch_size)
-    pred = [[(e["start"], e["end"], e["label"]) for e in row] for row in found]
-    gold = [sp.loads(cell) for cell in test["label"].astype(str)]
-    return float(entity_report(gold, pred, predictor.entity_types)["f1"])
-
-
-def format_score(predictor: BasePredictor, test: pd.DataFrame, batch_size: int = 128) -> float:
-    """What the formats are compared by: :func:`accuracy` for a sequence classifier,
-    :func:`entity_f1` for a token classifier."""
-    if predictor.task == TOKEN_CLASSIFICATION:
-        return entity_f1(predictor, test, batch_size)
-    return accuracy(predictor, test, batch_size)
-
-
-def _predict_call(predictor: BasePredictor):
-    """What one prediction is, for timing: class probabilities or entities."""
-    if predictor.task == TOKEN_CLASSIFICATION:
-        return predictor.predict_entities
-    return predictor.predict_proba
-
-
 def measure_speed(
     predictors: dict[str, BasePredictor], texts: list[str], rounds: int, per_round: int
 ) -> dict[str, dict[str, float]]:
@@ -317,7 +282,7 @@ def measure_speed(
     rng = np.random.default_rng(0)
     lat: dict[str, list[float]] = {k: [] for k in predictors}
     thr: dict[str, list[float]] = {k: [] for k in predictors}
-    calls = {name: _predict_call(p) for name, p in predictors.items()}
+    calls = {name: task_type(p.task).predict_call(p) for name, p in predictors.items()}
     for predict in calls.values():  # warm-up: first calls allocate and initialise
         predict(texts[:2], batch_size=1)
         predict(texts[:TIMING_BATCH], batch_size=TIMING_BATCH)
@@ -401,9 +366,10 @@ def check_formats(
     """Export ``cfg.formats`` of ``model_dir`` into ``out_dir``, check each on ``test``
     (columns ``text``, ``label``), choose one, write ``out_dir/formats.json``; return it.
 
-    Formats are scored by :func:`format_score`: accuracy, or entity micro-F1 for a
-    token classifier (``metric`` in the report; ``max_accuracy_drop`` then bounds
-    the F1 drop). ``fp32_accuracy`` is torch fp32's score on the same rows when
+    Formats are scored by the task type's
+    :meth:`~tasks.task_types.TaskType.format_score`: accuracy, or entity micro-F1
+    for a token classifier (``metric`` in the report; ``max_accuracy_drop`` then
+    bounds the F1 drop). ``fp32_accuracy`` is torch fp32's score on the same rows when
     already known (the version's evaluation); else it is measured here.
     """
     started = time.perf_counter()
@@ -459,13 +425,12 @@ def check_formats(
         predictors[fmt] = load_predictor(
             fmt, model_dir, onnx_files.get(fmt), device="cpu", num_threads=num_threads
         )
-    token = predictors[REFERENCE].task == TOKEN_CLASSIFICATION
-    metric = "entity_f1" if token else "accuracy"
+    task = task_type(predictors[REFERENCE].task)
     for fmt, check in checks.items():
         if fmt == REFERENCE and fp32_accuracy is not None:
             check.accuracy, check.accuracy_source = float(fp32_accuracy), "evaluation"
         else:
-            check.accuracy = format_score(predictors[fmt], test)
+            check.accuracy = task.format_score(predictors[fmt], test)
     reference = checks[REFERENCE].accuracy or 0.0
     for check in checks.values():
         # A hair of slack: 0.9094 - 0.005 must admit 0.9044 despite float rounding.
@@ -490,7 +455,8 @@ def check_formats(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "test_rows": len(test),
         "task": predictors[REFERENCE].task,
-        "metric": metric,  # what the "accuracy" fields hold: accuracy, or entity micro-F1
+        # What the "accuracy" fields hold: accuracy, or entity micro-F1.
+        "metric": task.format_metric,
         "reference": {"format": REFERENCE, "accuracy": reference},
         "rule": {
             "max_accuracy_drop": cfg.max_accuracy_drop,
@@ -555,7 +521,7 @@ def _reference_accuracy(params: Params, mv, key: str = "metrics.accuracy") -> fl
         return None
 
 
-def _folder_task(folder: Path) -> str:
+def _folder_task(folder: Path) -> TaskType:
     from transformers import AutoConfig
 
     return task_of(AutoConfig.from_pretrained(str(folder)))
@@ -589,16 +555,14 @@ def export_version(params: Params, client, version: str) -> dict[str, Any]:
         )
         folder = arrange_model_folder(local)
         out = Path(tmp) / FORMATS_DIR
-        # A token classifier's formats are compared by entity F1, its own tag included.
-        token = _folder_task(folder) == TOKEN_CLASSIFICATION
+        # Formats are compared by the task's figure (entity F1 for NER), its own tag included.
+        task = _folder_task(folder)
         report = check_formats(
             folder,
             out,
             test,
             params.export,
-            fp32_accuracy=_reference_accuracy(
-                params, mv, "metrics.f1" if token else "metrics.accuracy"
-            ),
+            fp32_accuracy=_reference_accuracy(params, mv, f"metrics.{task.eval_metric}"),
             num_threads=export_threads(params),
         )
         report["model"] = {"name": name, "version": str(version), "run_id": mv.run_id}

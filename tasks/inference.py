@@ -19,7 +19,7 @@ Texts are sorted by length and each batch is padded only to its own longest
 text, which on a CPU is worth about 2x against fixed-size batches.
 
 Two task types, told apart by the model folder's ``config.architectures``
-(:func:`task_of`): a sequence classifier (``...ForSequenceClassification``:
+(:func:`tasks.task_types.task_of`): a sequence classifier (``...ForSequenceClassification``:
 :meth:`BasePredictor.predict_proba` and :meth:`BasePredictor.predict`, one label
 per text) and a token classifier (``...ForTokenClassification``, NER:
 :meth:`BasePredictor.predict_entities`, entity spans with character offsets into
@@ -41,6 +41,7 @@ import torch
 from tasks.config import ConfigError, Precision, TaskName
 from tasks.ner import alignment
 from tasks.ner.alignment import WordTags
+from tasks.task_types import task_of, task_type
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +49,6 @@ LABELS_FILE = "labels.json"
 MINILM = "minilm"
 TORCH_FORMATS = ("torch", "torch-bf16", "torch-int8")
 ONNX_FORMATS = ("onnx", "onnx-int8")
-SEQUENCE_CLASSIFICATION = TaskName.sequence_classification.value
-TOKEN_CLASSIFICATION = TaskName.token_classification.value
-
-
-def task_of(config) -> str:
-    """The task a model config was fine-tuned for, from its ``architectures``:
-    ``token_classification`` for a ``...ForTokenClassification``, else
-    ``sequence_classification``."""
-    architectures = getattr(config, "architectures", None) or []
-    if any(str(a).endswith("ForTokenClassification") for a in architectures):
-        return TOKEN_CLASSIFICATION
-    return SEQUENCE_CLASSIFICATION
-
-
-def auto_model_class(task: str):
-    """The transformers auto class that loads a model of ``task``."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    task = TaskName(task).value
-    if task == TOKEN_CLASSIFICATION:
-        return AutoModelForTokenClassification
-    return AutoModelForSequenceClassification
-
-
-def entity_types_of(tag_names: list[str]) -> list[str]:
-    """The entity types of BIO tag names (``O``, ``B-x``, ``I-x``...), in output order."""
-    return list(dict.fromkeys(t[2:] for t in tag_names if t[:2] in ("B-", "I-")))
 
 
 def resolve_base_model(name: str) -> str:
@@ -206,26 +180,28 @@ class BasePredictor:
         tokenizer,
         labels: list[str],
         max_length: int,
-        task: str = SEQUENCE_CLASSIFICATION,
+        task: str | TaskName = TaskName.sequence_classification,
     ) -> None:
         self.tokenizer = tokenizer
         #: the outputs in order: labels, or the BIO tag names of a token classifier
         self.labels = list(labels)
         self.max_length = max_length
-        #: ``sequence_classification`` or ``token_classification`` (see :func:`task_of`)
+        #: the task's name (:class:`tasks.config.TaskName` value; see
+        #: :func:`tasks.task_types.task_of`)
         self.task = TaskName(task).value
 
     @property
-    def entity_types(self) -> list[str]:
-        """The entity types a token classifier finds (empty for a sequence classifier)."""
-        if self.task != TOKEN_CLASSIFICATION:
-            return []
-        return entity_types_of(self.labels)
+    def label_set(self) -> list[str]:
+        """The label set the model was trained for: its labels, or the entity types of a
+        token classifier."""
+        return task_type(self.task).label_set_of(self.labels)
 
-    def _require(self, task: str, method: str) -> None:
-        if self.task != task:
-            other = "predict_entities" if task == SEQUENCE_CLASSIFICATION else "predict_proba"
-            raise TypeError(f"{method} needs a {task} model; this one is {self.task} (use {other})")
+    def _require(self, task: TaskName, method: str) -> None:
+        if self.task != task.value:
+            answer = task_type(self.task).predict_call(self).__name__
+            raise TypeError(
+                f"{method} needs a {task.value} model; this one is {self.task} (use {answer})"
+            )
 
     def _probs(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities for one padded batch (int64 arrays) of the format's network:
@@ -235,7 +211,7 @@ class BasePredictor:
     def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Class probabilities, shape ``[len(texts), len(labels)]``, in input order
         (sequence classifiers only)."""
-        self._require(SEQUENCE_CLASSIFICATION, "predict_proba")
+        self._require(TaskName.sequence_classification, "predict_proba")
         texts = list(texts)  # a pandas Series or tuple works as well
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
@@ -262,7 +238,7 @@ class BasePredictor:
         the cut are tagged ``O``), sorted by length and batched; a word's tag is the
         argmax at its first sub-word.
         """
-        self._require(TOKEN_CLASSIFICATION, "predict_word_tags")
+        self._require(TaskName.token_classification, "predict_word_tags")
         texts = [str(t) for t in texts]
         if not texts:
             return []
@@ -357,7 +333,8 @@ def native_bf16() -> bool:
 
 class Predictor(BasePredictor):
     """A fine-tuned sequence or token classifier run by torch (formats ``torch``,
-    ``torch-bf16``, ``torch-int8``); the task is the model config's (:func:`task_of`)."""
+    ``torch-bf16``, ``torch-int8``); the task is the model config's
+    (:func:`tasks.task_types.task_of`)."""
 
     def __init__(
         self,
@@ -377,7 +354,7 @@ class Predictor(BasePredictor):
                 getattr(tokenizer, "model_max_length", None),
                 max_length,
             ),
-            task_of(model.config),
+            task_of(model.config).name,
         )
         self.model = model.eval()
         self.device = device
@@ -415,7 +392,7 @@ class Predictor(BasePredictor):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         task = task_of(AutoConfig.from_pretrained(str(path)))
         model = (
-            auto_model_class(task)
+            task.auto_class()
             .from_pretrained(str(path), use_safetensors=True, dtype=torch.float32)
             .to(dev)
         )
@@ -469,21 +446,17 @@ class OnnxPredictor(BasePredictor):
         labels: list[str],
         max_length: int,
         format: str,
-        task: str = SEQUENCE_CLASSIFICATION,
+        task: str | TaskName = TaskName.sequence_classification,
     ):
         super().__init__(tokenizer, labels, max_length, task)
         self.session = session
         self.format = format
         self._inputs = [i.name for i in session.get_inputs()]
         outputs = session.get_outputs()
-        if self.task == TOKEN_CLASSIFICATION:
-            if len(outputs[0].shape) != 3:
-                raise ValueError(
-                    f"ONNX model output {outputs[0].name} is not [batch, sequence, labels] "
-                    "(a token classifier's)"
-                )
-        elif len(outputs[0].shape) != 2:
-            raise ValueError(f"ONNX model output {outputs[0].name} is not [batch, labels]")
+        per_token = task_type(self.task).per_token
+        if len(outputs[0].shape) != (3 if per_token else 2):
+            want = "[batch, sequence, labels]" if per_token else "[batch, labels]"
+            raise ValueError(f"ONNX model output {outputs[0].name} is not {want} ({self.task})")
         self._output = outputs[0].name
 
     @classmethod
@@ -515,7 +488,7 @@ class OnnxPredictor(BasePredictor):
             getattr(tokenizer, "model_max_length", None),
         )
         log.info("loaded %s (%s, ONNX Runtime)", onnx_path, format)
-        return cls(session, tokenizer, labels, limit, format, task_of(config))
+        return cls(session, tokenizer, labels, limit, format, task_of(config).name)
 
     def _probs(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: arrays[name] for name in self._inputs}

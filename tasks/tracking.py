@@ -128,12 +128,10 @@ def log_model(model_dir: Path, *, input_example: list[str], task: TaskType | Non
     import mlflow
     import transformers
 
-    from tasks.inference import task_of
-    from tasks.task_types import task_type
+    from tasks.task_types import task_of
 
-    task = task or task_type(task_of(transformers.AutoConfig.from_pretrained(model_dir)))
-    model_class = getattr(transformers, task.model_class)
-    model = model_class.from_pretrained(model_dir, use_safetensors=True)
+    task = task or task_of(transformers.AutoConfig.from_pretrained(model_dir))
+    model = task.auto_class().from_pretrained(model_dir, use_safetensors=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     return mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},

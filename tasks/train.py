@@ -33,19 +33,21 @@ so they all take the same early-stopping decision; rank 0 alone writes
 checkpoints and the model. Several nodes need ``checkpoint_dir`` and
 ``output_dir`` on a filesystem they share.
 
-Two tasks share the loop (``task``): ``sequence_classification`` (a label per
-text; the target of a batch is one class id per row) and ``token_classification``
-(NER; the label cell is span JSON, :mod:`tasks.ner.spans`; the target is one id
-per token, the first sub-word of each word carrying the word's BIO tag and the
-rest ``-100``, see :mod:`tasks.ner.alignment`). Both compute cross-entropy over
-the flattened logits with ``ignore_index=-100``, so the batching, checkpoints,
-resumption, early stopping, precision and DDP code is one. A token classifier's
-``labels`` argument is the list of entity types; its model outputs (config and
-``labels.json``) are the BIO tag names, ``O`` first. Its validation metrics are
-the loss per labelled token, the word-level tag accuracy (``val_accuracy``,
-every word of each text: words cut by truncation are predicted ``O``), the
-micro entity F1 (``val_f1``, strict span match, the best-epoch and
-early-stopping score) and the macro entity F1 over types (``val_macro_f1``).
+Every task type shares the loop (``task``, :mod:`tasks.task_types`): the task
+type samples and checks the rows, encodes them into inputs and targets, names
+the model's outputs and scores each epoch on the validation rows. The targets
+are a class id per row for ``sequence_classification``, and for
+``token_classification`` (NER; label cells are span JSON, :mod:`tasks.ner.spans`)
+an id per token, the first sub-word of each word carrying the word's BIO tag
+and the rest ``-100`` (:mod:`tasks.ner.alignment`); its ``labels`` argument is
+the list of entity types, its outputs (config and ``labels.json``) the BIO tag
+names, ``O`` first. The loss is cross-entropy over the flattened logits with
+``ignore_index=-100`` for both, so the batching, checkpoints, resumption, early
+stopping, precision and DDP code is one. A token classifier's validation metrics
+are the loss per labelled token, the word-level tag accuracy (``val_accuracy``,
+every word of each text: words cut by truncation are predicted ``O``), the micro
+entity F1 (``val_f1``, strict span match, the best-epoch and early-stopping
+score) and the macro entity F1 over types (``val_macro_f1``).
 """
 
 from __future__ import annotations
@@ -75,9 +77,6 @@ from tasks.distributed import Dist
 from tasks.errors import DataError
 from tasks.inference import (
     LABELS_FILE,
-    SEQUENCE_CLASSIFICATION,
-    TOKEN_CLASSIFICATION,
-    auto_model_class,
     autocast,
     autocast_dtype,
     pad_batch,
@@ -85,8 +84,8 @@ from tasks.inference import (
     precision_name,
     resolve_base_model,
 )
-from tasks.ner import spans as sp
 from tasks.ner.alignment import IGNORE_INDEX
+from tasks.task_types import TaskType, ValScorer, task_type
 
 log = logging.getLogger(__name__)
 
@@ -136,36 +135,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- data
 
 
-def stratified_fraction(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """A per-class random share of ``train`` (at least one row of every class).
-
-    Rows keep their original order.
-    """
-    if fraction >= 1.0:
-        return train
-    sampled = train.groupby("label", sort=False).sample(frac=fraction, random_state=seed)
-    missing = train[~train["label"].isin(set(sampled["label"]))]
-    if len(missing):
-        extra = missing.groupby("label", sort=False).sample(n=1, random_state=seed)
-        sampled = pd.concat([sampled, extra])
-    return train.loc[train.index.isin(sampled.index)]
-
-
-def training_fraction(
-    train: pd.DataFrame, fraction: float, seed: int, task: str = SEQUENCE_CLASSIFICATION
-) -> pd.DataFrame:
-    """The share of ``train`` a run trains on: per class for a sequence classifier
-    (:func:`stratified_fraction`), a seeded random share of the rows (at least one)
-    for a token classifier, whose rows each hold entities of several types."""
-    if fraction >= 1.0:
-        return train
-    if task != TOKEN_CLASSIFICATION:
-        return stratified_fraction(train, fraction, seed)
-    n = max(1, round(len(train) * fraction))
-    sampled = train.sample(n=min(n, len(train)), random_state=seed)
-    return train.loc[train.index.isin(sampled.index)]
-
-
 def length_bucketed_batches(
     lengths: np.ndarray,
     batch_size: int,
@@ -199,11 +168,10 @@ def fingerprint(
     val: pd.DataFrame,
     labels: list[str],
     cfg: TrainConfig,
-    task: str = SEQUENCE_CLASSIFICATION,
-    label_all_subwords: bool = False,
+    task: str | TaskType = TaskName.sequence_classification,
 ) -> dict[str, Any]:
-    """What identifies a run: hashes of the data and the label list, the task and the
-    settings (``label_all_subwords`` only for a token classifier, whose targets it sets)."""
+    """What identifies a run: hashes of the data and the label list, the task, its
+    settings (:meth:`TaskType.settings`) and the training settings."""
 
     def frame_hash(df: pd.DataFrame) -> str:
         h = hashlib.sha256()
@@ -212,66 +180,36 @@ def fingerprint(
             h.update(b"\n")
         return h.hexdigest()
 
+    task = task_type(task)
     settings = cfg.model_dump(mode="json")
-    task = TaskName(task).value
-    out = {
+    return {
         "train": frame_hash(train),
         "val": frame_hash(val),
         "labels": hashlib.sha256(json.dumps(list(labels)).encode("utf-8")).hexdigest(),
-        "task": task,
-        "config": {k: settings[k] for k in FINGERPRINT_FIELDS},
+        "task": task.name.value,
+        "config": {**{k: settings[k] for k in FINGERPRINT_FIELDS}, **task.settings()},
     }
-    if task == TOKEN_CLASSIFICATION:
-        out["config"]["label_all_subwords"] = bool(label_all_subwords)
-    return out
 
 
 def _check_frames(
     train: pd.DataFrame,
     val: pd.DataFrame,
     labels: list[str],
-    task: str = SEQUENCE_CLASSIFICATION,
+    task: str | TaskType = TaskName.sequence_classification,
 ) -> None:
-    """Raise :class:`DataError` naming the frame (and the row) that cannot be trained on.
-
-    ``labels``: the label set (entity types for a token classifier, whose label cells
-    must be span JSON fitting their text, of types in the set).
-    """
+    """Raise :class:`DataError` naming the frame (and the row) that cannot be trained on
+    (``labels``: the label set; the rows' label cells are checked by the task type)."""
     if not labels:
         raise DataError("the label list is empty")
     if len(set(labels)) != len(labels):
         raise DataError("the label list has duplicates")
-    known = set(labels)
     for name, df in (("train", train), ("val", val)):
         for col in ("text", "label"):
             if col not in df.columns:
                 raise DataError(f"{name}: no column {col!r} (has {list(df.columns)})")
-        if task == TOKEN_CLASSIFICATION:
-            _check_spans(name, df, known)
-            continue
-        unknown = sorted(set(df["label"].astype(str)) - known)
-        if unknown:
-            raise DataError(f"{name}: labels not in the label set: {unknown[:10]}")
+        task_type(task).check_rows(name, df, labels)
     if train.empty:
         raise DataError("train: no rows to train on")
-
-
-def _check_spans(name: str, df: pd.DataFrame, types: set[str]) -> None:
-    """Each label cell of ``df`` is span JSON that fits its text, of known types."""
-    for row, (text, cell) in enumerate(zip(df["text"], df["label"], strict=True)):
-        where = f"{name} row {row}" + (
-            f" (index {df.index[row]!r})" if df.index[row] != row else ""
-        )
-        if not isinstance(text, str):
-            raise DataError(f"{where}: text is {text!r}, not a string")
-        try:
-            found = sp.loads(cell)
-            sp.check(text, found)
-        except sp.SpanError as exc:
-            raise DataError(f"{where}: {exc}") from None
-        unknown = sorted({kind for _, _, kind in found} - types)
-        if unknown:
-            raise DataError(f"{where}: entity types not in the label set: {unknown}")
 
 
 # --------------------------------------------------------------------------- files
@@ -458,77 +396,24 @@ def _val_batches(
 
 
 @torch.inference_mode()
-def _evaluate(
+def _validate(
     model,
     encoded,
-    label_ids: np.ndarray,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    amp: torch.dtype | None,
-) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 (over the classes present in ``label_ids``)."""
-    from sklearn.metrics import f1_score
-
-    preds = np.empty(len(label_ids), dtype=np.int64)
-    loss_sum = 0.0
-    for idx, logits in _val_batches(model, encoded, batch_size, pad_id, device, amp):
-        target = torch.as_tensor(label_ids[idx], device=device)
-        loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        preds[idx] = logits.argmax(dim=-1).cpu().numpy()
-    present = np.unique(label_ids)
-    return {
-        "val_loss": loss_sum / len(label_ids),
-        "val_accuracy": float((preds == label_ids).mean()),
-        "val_macro_f1": float(
-            f1_score(label_ids, preds, labels=present, average="macro", zero_division=0)
-        ),
-    }
-
-
-@torch.inference_mode()
-def _evaluate_tokens(
-    model,
-    encoded,
-    targets: list[list[int]],
-    texts: list[str],
-    gold: list[list[sp.Span]],
-    types: list[str],
-    tag_names: list[str],
+    targets: np.ndarray | list[list[int]],
+    scorer: ValScorer,
     batch_size: int,
     pad_id: int,
     device: torch.device,
     amp: torch.dtype | None,
 ) -> dict[str, float | None]:
-    """A token classifier's validation metrics (module doc): loss per labelled token,
-    word-level tag accuracy, micro and macro entity F1 (strict spans)."""
-    from tasks.ner.alignment import word_tags
-    from tasks.ner.metrics import entity_report
-
-    loss_sum, labelled, correct, words = 0.0, 0, 0, 0
-    pred: list[list[sp.Span]] = [[] for _ in texts]
+    """Validation loss (per target) and the task's metrics (``scorer``)."""
+    loss_sum, counted = 0.0, 0
     for idx, logits in _val_batches(model, encoded, batch_size, pad_id, device, amp):
         loss, count = _loss(logits, _batch_targets(targets, idx).to(device))
         loss_sum += loss.item() * int(count)
-        labelled += int(count)
-        probs = torch.softmax(logits, dim=-1).cpu().numpy()
-        for row, i in enumerate(idx):
-            n = len(encoded["input_ids"][i])
-            found = word_tags(
-                texts[i], encoded["offset_mapping"][i], encoded["word_ids"][i],
-                probs[row, :n], tag_names,
-            )  # fmt: skip
-            want = sp.to_tags(texts[i], gold[i])
-            correct += sum(a == b for a, b in zip(want, found.tags, strict=True))
-            words += len(want)
-            pred[i] = found.spans()
-    report = entity_report(gold, pred, types)
-    return {
-        "val_loss": loss_sum / max(labelled, 1),
-        "val_accuracy": correct / words if words else None,
-        "val_f1": float(report["f1"]),
-        "val_macro_f1": float(report["macro_f1"]),
-    }
+        counted += int(count)
+        scorer.add(idx, torch.softmax(logits, dim=-1).cpu().numpy())
+    return {"val_loss": loss_sum / max(counted, 1), **scorer.result()}
 
 
 # --------------------------------------------------------------------------- training
@@ -544,22 +429,22 @@ def train_model(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
-    task: str = SEQUENCE_CLASSIFICATION,
-    label_all_subwords: bool = False,
+    task: str | TaskType = TaskName.sequence_classification,
 ) -> TrainResult:
-    """Fine-tune ``cfg.base_model`` on ``train``; the best epoch (validation macro-F1, or
-    entity F1 for ``token_classification``) is written to ``output_dir`` (safetensors
-    weights, tokenizer, ``labels.json``: the model's outputs in order).
+    """Fine-tune ``cfg.base_model`` on ``train``; the best epoch (by the task type's
+    :attr:`~tasks.task_types.TaskType.best_metric` on ``val``: macro-F1, or entity F1
+    for ``token_classification``) is written to ``output_dir`` (safetensors weights,
+    tokenizer, ``labels.json``: the model's outputs in order).
 
-    ``task``: ``sequence_classification`` (``labels``: the label set) or
-    ``token_classification`` (``labels``: the entity types; label cells are span
-    JSON; see the module doc). ``label_all_subwords`` (token classification): every
-    piece of a word gets a target, not only the first. ``on_epoch`` receives each
-    epoch's metrics once its checkpoint is written.
+    ``task``: a task name or a :class:`~tasks.task_types.TaskType` (with its settings,
+    such as ``TokenClassification(label_all_subwords=True)``); ``labels``: the label
+    set (the entity types of a token classifier, whose label cells are span JSON; see
+    the module doc). ``on_epoch`` receives each epoch's metrics once its checkpoint is
+    written.
     """
     output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
     try:
-        task = TaskName(task).value
+        task = task_type(task)
     except ValueError:
         known = ", ".join(t.value for t in TaskName)
         raise ConfigError(f"task {task!r}: expected one of {known}") from None
@@ -573,7 +458,7 @@ def train_model(
     try:
         return _train(
             train, val, labels, cfg, output_dir, checkpoint_dir, device, amp, on_epoch,
-            progress and dist.main, dist, task, label_all_subwords,
+            progress and dist.main, dist, task,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
@@ -592,12 +477,9 @@ def _train(
     on_epoch: Callable[[dict], None] | None,
     progress: bool,
     dist: Dist,
-    task: str = SEQUENCE_CLASSIFICATION,
-    label_all_subwords: bool = False,
+    task: TaskType,
 ) -> TrainResult:
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
-
-    from tasks.ner import alignment
 
     started = time.perf_counter()
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // dist.world)
@@ -609,14 +491,15 @@ def _train(
     precision = precision_name(amp)
 
     # ---- data
-    token = task == TOKEN_CLASSIFICATION
-    fp = fingerprint(train, val, labels, cfg, task, label_all_subwords)
+    fp = fingerprint(train, val, labels, cfg, task)
     fp["world_size"] = dist.world  # the effective batch, hence the weights, depend on it
-    train = training_fraction(train, cfg.data_fraction, cfg.seed, task)
+    if cfg.data_fraction < 1.0:
+        train = task.sample(train, cfg.data_fraction, cfg.seed)
     # The model's outputs: the labels, or the BIO tags of the entity types.
-    outputs = sp.tag_names(labels) if token else list(labels)
+    outputs = task.outputs(labels)
     label_index = {label: i for i, label in enumerate(outputs)}
-    score_key, score_name = ("val_f1", "entity F1") if token else ("val_macro_f1", "macro-F1")
+    score_key = task.best_metric
+    score_name = task.val_metrics[score_key]
 
     # ---- resume or start fresh
     resume_from = _find_last(checkpoint_dir)
@@ -658,7 +541,7 @@ def _train(
     set_seed(cfg.seed)
     base = resolve_base_model(cfg.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model_class = auto_model_class(task)
+    model_class = task.auto_class()
     with _no_transformers_bars(quiet=not progress):
         if trainer is not None:
             model = model_class.from_pretrained(
@@ -677,30 +560,10 @@ def _train(
     forward = dist.wrap(model)  # the model itself on one process, DDP on several
     pad_id = tokenizer.pad_token_id or 0
 
-    def encode(df: pd.DataFrame):
-        texts = df["text"].astype(str).tolist()
-        if token:
-            # Per-token targets ride along in the encoding, under "labels".
-            return alignment.encode(
-                tokenizer, texts, df["label"].astype(str).tolist(), label_index,
-                cfg.max_length, label_all_subwords,
-            )  # fmt: skip
-        if not texts:
-            return {"input_ids": []}
-        return tokenizer(texts, truncation=True, max_length=cfg.max_length)
-
-    enc_train, enc_val = encode(train), encode(val)
+    # Targets: a class id per row, or per token of each row (see _batch_targets).
+    enc_train, y_train = task.encode(tokenizer, train, label_index, cfg.max_length)
+    enc_val, y_val = task.encode(tokenizer, val, label_index, cfg.max_length)
     lengths = np.array([len(x) for x in enc_train["input_ids"]])
-    # A class id per row, or per token of each row (see _batch_targets).
-    y_train: np.ndarray | list[list[int]]
-    y_val: np.ndarray | list[list[int]]
-    if token:
-        y_train, y_val = enc_train["labels"], enc_val["labels"]
-        val_texts = val["text"].astype(str).tolist()
-        val_gold = [sp.loads(cell) for cell in val["label"].astype(str)]
-    else:
-        y_train = train["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
-        y_val = val["label"].astype(str).map(label_index).to_numpy(dtype=np.int64)
 
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / dist.world)
     total_steps = steps_per_epoch * cfg.epochs
@@ -731,9 +594,9 @@ def _train(
         "num_threads": threads if device.type == "cpu" else None,
         "train_examples": len(train),
         "val_examples": len(val),
-        "task": task,
+        "task": task.name.value,
         "num_labels": len(outputs),
-        **({"label_all_subwords": bool(label_all_subwords)} if token else {}),
+        **task.settings(),
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup_steps,
@@ -741,7 +604,7 @@ def _train(
         "world_size": dist.world,
     }
     log.info(
-        "training on %s, precision %s%s: %d train / %d val examples, %d %s, "
+        "training on %s, precision %s%s: %d train / %d val examples, %d %s%s, "
         "%d epochs x %d steps (batch %d, %d warm-up steps)%s",
         device,
         precision,
@@ -749,7 +612,8 @@ def _train(
         len(train),
         len(val),
         len(labels),
-        f"entity types ({len(outputs)} tags)" if token else "labels",
+        task.label_noun,
+        f" ({len(outputs)} outputs)" if len(outputs) != len(labels) else "",
         cfg.epochs,
         steps_per_epoch,
         cfg.batch_size,
@@ -769,18 +633,12 @@ def _train(
             device, amp, pad_id, progress, dist,
         )  # fmt: skip
         eval_start = time.perf_counter()
-        metrics: dict[str, float | None] = dict.fromkeys(
-            ("val_loss", "val_accuracy", "val_f1", "val_macro_f1")
-            if token
-            else ("val_loss", "val_accuracy", "val_macro_f1")
-        )
-        if len(val) and token:
-            metrics = _evaluate_tokens(
-                model, enc_val, y_val, val_texts, val_gold, list(labels), outputs,
+        metrics: dict[str, float | None] = dict.fromkeys(("val_loss", *task.val_metrics))
+        if len(val):
+            metrics = _validate(
+                model, enc_val, y_val, task.val_scorer(val, enc_val, outputs),
                 cfg.batch_size * 2, pad_id, device, amp,
             )  # fmt: skip
-        elif len(val):
-            metrics = _evaluate(model, enc_val, y_val, cfg.batch_size * 2, pad_id, device, amp)
         row = {
             "epoch": epoch,
             "train_loss": fit["train_loss"],
@@ -822,16 +680,13 @@ def _train(
             },
         )
         log.info(
-            "epoch %d/%d: train loss %.4f, val loss %s, %saccuracy %s, %smacro-F1 %s, "
+            "epoch %d/%d: train loss %.4f, val loss %s, %s, "
             "%.1f examples/s, %.0f tokens/s, %.1f s%s",
             epoch,
             cfg.epochs,
             row["train_loss"],
             _fmt(row["val_loss"]),
-            "word " if token else "",
-            _fmt(row["val_accuracy"]),
-            f"entity F1 {_fmt(row['val_f1'])}, " if token else "",
-            _fmt(row["val_macro_f1"]),
+            ", ".join(f"{name} {_fmt(row[key])}" for key, name in task.val_metrics.items()),
             row["examples_per_s"],
             row["tokens_per_s"],
             row["seconds"],

@@ -26,7 +26,6 @@ from tasks.train import (
     _param_groups,
     fingerprint,
     length_bucketed_batches,
-    stratified_fraction,
     train_model,
 )
 from tests.tasks.tiny_model import SEED_TRAIN, TINY_LABELS, make_tiny_model, tiny_frames
@@ -351,20 +350,6 @@ def test_the_fused_optimizer_makes_the_same_update_as_the_plain_one():
 
 
 # --------------------------------------------------------------------------- data helpers
-
-
-def test_stratified_fraction_keeps_every_class():
-    df = pd.DataFrame(
-        {
-            "text": [f"t{i}" for i in range(51)],
-            "label": ["big"] * 40 + ["small"] * 10 + ["single"],
-        }
-    )
-    sample = stratified_fraction(df, 0.1, seed=13)
-    assert sample["label"].value_counts().to_dict() == {"big": 4, "small": 1, "single": 1}
-    assert list(sample.index) == sorted(sample.index), "original order kept"
-    assert sample.equals(stratified_fraction(df, 0.1, seed=13))
-    assert stratified_fraction(df, 1.0, seed=13) is df
 
 
 @pytest.fixture(scope="module")

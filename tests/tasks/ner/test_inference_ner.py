@@ -14,12 +14,11 @@ from tasks.export import check_formats, export_onnx, quantize_onnx
 from tasks.inference import (
     OnnxPredictor,
     Predictor,
-    entity_types_of,
     load_predictor,
     softmax,
-    task_of,
 )
 from tasks.ner import spans as sp
+from tasks.task_types import task_of, task_type
 from tests.tasks.tiny_model import TINY_LABELS, WNUT_TYPES, make_tiny_model, tiny_ner_frames
 
 TOKEN = "token_classification"
@@ -62,9 +61,9 @@ def spans_of(found: list[list[dict]]) -> list[list[tuple]]:
 def test_the_predictor_knows_its_task_and_types(predictor, model_dir):
     assert predictor.task == TOKEN
     assert predictor.labels == TAGS
-    assert predictor.entity_types == WNUT_TYPES
-    assert entity_types_of(TAGS) == WNUT_TYPES
-    assert task_of(predictor.model.config) == TOKEN
+    assert predictor.label_set == WNUT_TYPES
+    assert task_type(TOKEN).label_set_of(TAGS) == WNUT_TYPES
+    assert task_of(predictor.model.config) is task_type(TOKEN)
 
 
 def test_entities_have_offsets_into_the_original_text(predictor, texts):
@@ -117,7 +116,7 @@ def test_the_classification_api_refuses_a_token_model_and_back(predictor, tmp_pa
     classifier = Predictor.from_dir(
         make_tiny_model(tmp_path / "cls", labels=TINY_LABELS), device="cpu"
     )
-    assert classifier.task == "sequence_classification" and classifier.entity_types == []
+    assert classifier.task == "sequence_classification" and classifier.label_set == TINY_LABELS
     with pytest.raises(TypeError, match="needs a token_classification model"):
         classifier.predict_entities(["hello"])
 
@@ -134,7 +133,7 @@ def test_softmax_is_over_the_last_axis():
 
 def test_onnx_output_keeps_batch_and_sequence_axes(exported, model_dir, predictor, texts):
     onnx_p = OnnxPredictor.from_files(exported["onnx"], model_dir)
-    assert onnx_p.task == TOKEN and onnx_p.entity_types == WNUT_TYPES
+    assert onnx_p.task == TOKEN and onnx_p.label_set == WNUT_TYPES
     shape = onnx_p.session.get_outputs()[0].shape
     assert len(shape) == 3 and not isinstance(shape[1], int), shape
     want = predictor.predict_word_tags(texts, batch_size=4)

@@ -17,6 +17,7 @@ from tasks.errors import DataError
 from tasks.inference import LABELS_FILE, Predictor
 from tasks.ner import spans as sp
 from tasks.ner.alignment import IGNORE_INDEX
+from tasks.task_types import TokenClassification, task_type
 from tasks.train import (
     LAST,
     TRAINER_FILE,
@@ -25,7 +26,6 @@ from tasks.train import (
     _loss,
     fingerprint,
     train_model,
-    training_fraction,
 )
 from tests.tasks.tiny_model import WNUT_TYPES, make_tiny_model, tiny_ner_frames
 
@@ -109,7 +109,7 @@ def test_a_token_classifier_trains_and_writes_its_tag_names(trained, frames):
 
     predictor = Predictor.from_dir(model_dir, device="cpu")
     assert predictor.task == TOKEN
-    assert predictor.entity_types == WNUT_TYPES
+    assert predictor.label_set == WNUT_TYPES
     found = predictor.predict_entities(frames[1]["text"].tolist())
     assert len(found) == len(frames[1])
 
@@ -157,7 +157,7 @@ def test_a_checkpoint_of_another_task_or_target_rule_is_not_resumed(
     with caplog.at_level(logging.INFO, logger="tasks.train"):
         result = train_model(
             *frames, WNUT_TYPES, config(base_model, epochs=1), out, ck, progress=False,
-            task=TOKEN, label_all_subwords=True,
+            task=TokenClassification(label_all_subwords=True),
         )  # fmt: skip
     assert "starting fresh" in caplog.text and "config.label_all_subwords" in caplog.text
     assert result.resumed_from_epoch is None
@@ -171,7 +171,9 @@ def test_fingerprint_includes_the_task(base_model, frames):
     assert token["task"] == TOKEN
     assert token != fingerprint(train, val, WNUT_TYPES, cfg)
     assert fingerprint(train, val, WNUT_TYPES, cfg)["task"] == "sequence_classification"
-    assert token != fingerprint(train, val, WNUT_TYPES, cfg, TOKEN, label_all_subwords=True)
+    every_piece = TokenClassification(label_all_subwords=True)
+    assert token != fingerprint(train, val, WNUT_TYPES, cfg, every_piece)
+    assert fingerprint(train, val, WNUT_TYPES, cfg, every_piece)["config"]["label_all_subwords"]
     assert token == fingerprint(train.copy(), val.copy(), list(WNUT_TYPES), cfg, TOKEN)
 
 
@@ -229,8 +231,9 @@ def test_targets_and_loss_for_tokens_and_classes():
 
 def test_data_fraction_of_ner_rows_is_a_random_share(frames):
     train, _ = frames
-    half = training_fraction(train, 0.5, 13, TOKEN)
+    sample = task_type(TOKEN).sample
+    half = sample(train, 0.5, 13)
     assert len(half) == 32
     assert list(half.index) == sorted(half.index)
-    assert half.equals(training_fraction(train, 0.5, 13, TOKEN))
-    assert training_fraction(train, 1.0, 13, TOKEN) is train
+    assert half.equals(sample(train, 0.5, 13))
+    assert sample(train, 1.0, 13) is train
