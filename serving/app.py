@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.batcher import BatcherClosed, BatchStats, MicroBatcher, QueueFull
 from serving.metrics import RecordRequests, ServiceMetrics
 from serving.model_source import LoadedModel, ModelSource, NoChampion, RegistrySource
-from tasks.config import Params, TaskName
+from tasks.config import Params
 from tasks.feedback_store import (
     FeedbackStore,
     InvalidLabel,
@@ -489,7 +489,7 @@ class _Scored:
 
 
 def _prediction(prediction_id: str, row: NewPrediction, task: TaskType) -> Prediction:
-    entities = task.name == TaskName.token_classification
+    entities = task.per_token  # a per-token model answers spans, a per-text one labels
     return Prediction(
         prediction_id=prediction_id,
         label=row.label,
@@ -833,7 +833,7 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     )
     def feedback(body: FeedbackRequest, response: Response) -> Any:
         loaded = served()
-        entities = loaded.task.name == TaskName.token_classification
+        entities = loaded.task.per_token
         given = {"label": body.label is not None, "entities": body.entities is not None}
         want = "entities" if entities else "label"
         if not given[want] or sum(given.values()) != 1:

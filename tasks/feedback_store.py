@@ -384,7 +384,7 @@ class FeedbackStore:
         try:
             label = task.canonical(prediction.text, label, known_labels)
         except LabelError as exc:
-            if task.name == TaskName.sequence_classification:
+            if not task.per_token:  # one label per text: the only way to be wrong
                 raise UnknownLabel(label, known_labels) from None
             raise InvalidLabel(str(exc), known_labels) from None
         with self.engine.connect() as conn:
