@@ -17,13 +17,17 @@ from rich.table import Table
 
 # Nothing reaches for the network by default (see DESIGN.md): set before the
 # libraries are imported.
-for _var, _value in {
+ENV_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "HF_HUB_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
     "GX_ANALYTICS_ENABLED": "false",
-}.items():
+    # Prefect gives its ephemeral API server 20 s to start; on a busy 2-core machine
+    # that is not enough and the flow fails before it begins.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+for _var, _value in ENV_DEFAULTS.items():
     os.environ.setdefault(_var, _value)
 
 try:

@@ -13,15 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
+# Tests never reach for the network: importing the CLI sets the environment
+# defaults a user's run gets (no telemetry, no hub, Prefect's startup timeout).
+import slmops.cli  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "data" / "seed" / "banking77"
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# Tests never reach for the network and never touch the user's Prefect home.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
 
 TINY_LABELS = [
     "card_arrival",

@@ -1,7 +1,13 @@
+import os
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
 from tests.slmops.run_cli import cli
+
+STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
 
 def test_help_lists_the_commands(monkeypatch, capsys):
@@ -95,3 +101,23 @@ def test_train_without_a_split_says_what_to_run(tiny_project, monkeypatch, capsy
     monkeypatch.chdir(tiny_project)
     code, output = cli(monkeypatch, capsys, "train")
     assert code == 1 and "run `slmops split`" in output
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [(None, "180"), ("45", "45")],
+    ids=["default", "user-value-kept"],
+)
+def test_the_ephemeral_prefect_server_gets_time_to_start(preset, expected):
+    """Prefect's own 20 s made `slmops demo` fail on a busy 2-core machine."""
+    env = {k: v for k, v in os.environ.items() if k != STARTUP_TIMEOUT}
+    if preset is not None:
+        env[STARTUP_TIMEOUT] = preset
+    code = (
+        "import slmops.cli, prefect.settings as s; "
+        "print(s.get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip() == expected
