@@ -7,13 +7,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from tasks.config import Params
 
 # Nothing reaches for the network by default (see DESIGN.md): set before the
 # libraries are imported.
@@ -567,10 +570,25 @@ def demo(
         shutil.copy2(example, pending / example.name)
         out.print(f"queued the example Label Studio export: {pending / example.name}")
     retrain(profile=profile, epochs=None, data_fraction=None, base_model=None, params=params)
-    out.print(
-        "\nNext: `slmops models` compares the registered versions; "
-        "`git diff data/labeled.dvc` shows the new data version; "
-        f"`dvc metrics show` the test metrics; reports are in {p.evaluate.output_dir}/."
+    out.print(next_steps(p, params))
+
+
+def next_steps(p: Params, params: Path) -> str:
+    """What to look at after `slmops demo`, with the paths of this params file's project."""
+
+    def shown(path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:  # the project is not under the working directory
+            return str(path)
+
+    option = "" if params == Path("params.yaml") else f" -p {params}"
+    labeled_dvc = shown(p.path(p.data.labeled_dir).with_suffix(".dvc"))
+    reports = shown(p.path(p.evaluate.output_dir))
+    return (
+        f"\nNext: `slmops models{option}` compares the registered versions; "
+        f"`git diff {labeled_dvc}` shows the new data version; "
+        f"`dvc metrics show` the test metrics; reports are in {reports}/."
     )
 
 

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -121,3 +122,20 @@ def test_the_ephemeral_prefect_server_gets_time_to_start(preset, expected):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert run.stdout.strip() == expected
+
+
+def test_next_steps_name_the_chosen_projects_paths(tiny_project, monkeypatch):
+    """`slmops demo -p ner/params.yaml` pointed at the root project's data/labeled.dvc."""
+    from slmops.cli import next_steps
+    from tasks.config import load_params
+
+    monkeypatch.chdir(tiny_project.parent)
+    params = Path(tiny_project.name) / "params.yaml"
+    text = next_steps(load_params(params), params)
+    assert f"slmops models -p {params}`" in text
+    assert f"git diff {tiny_project.name}/data/labeled.dvc`" in text
+    assert f"reports are in {tiny_project.name}/reports/eval/" in text
+
+    monkeypatch.chdir(tiny_project)
+    text = next_steps(load_params(Path("params.yaml")), Path("params.yaml"))
+    assert "`slmops models`" in text and "`git diff data/labeled.dvc`" in text
