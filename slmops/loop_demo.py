@@ -1,9 +1,9 @@
 """`slmops demo-loop`: the loop closing, on the shipped data, in one command.
 
-Serve the champion → send the example texts and correct its answers →
-ingest the feedback (a new data version, committed) → retrain because the
-threshold was crossed → promote or refuse → the service answers with whichever
-model is champion afterwards.
+Serve the champion → send the example texts and correct its answers (labels, or
+entity spans for a token classifier) → ingest the feedback (a new data version,
+committed) → retrain because the threshold was crossed → promote or refuse →
+the service answers with whichever model is champion afterwards.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from rich.console import Console
 from serving.background import free_port, serve_in_thread
 from tasks.config import load_params, with_overrides
 from tasks.errors import DataError
+from tasks.ner.spans import loads
+from tasks.task_types import TaskType, task_type
 
 EXAMPLES = Path("data/examples/feedback_demo.csv")
 PROFILE = "loop-demo"  # params.yaml profile: a retrain threshold the example batch crosses
@@ -32,6 +34,7 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
     from tasks.promotion import CHAMPION, alias_version, client
 
     params = load_params(params_path, PROFILE)
+    task = task_type(params)
     name = params.registry.model_name
     before = alias_version(client(params), name, CHAMPION)
     if before is None:
@@ -52,14 +55,14 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
         ).json()["predictions"]
         wrong = 0
         for answer, truth in zip(answers, examples["label"], strict=True):
-            wrong += answer["label"] != truth
             r = httpx.post(
                 f"{url}/feedback",
-                json={"prediction_id": answer["prediction_id"], "label": truth, "user": "demo"},
+                json={"prediction_id": answer["prediction_id"], **_correct(task, truth)},
                 headers=headers,
                 timeout=10,
             )
             r.raise_for_status()
+            wrong += r.json()["kind"] == "correction"
         out.print(
             f"[bold]2. feedback[/]: {len(answers)} predictions, {wrong} corrected, "
             f"{len(answers) - wrong} confirmed"
@@ -91,5 +94,21 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
         answer = answer["predictions"][0]
         out.print(
             f"[bold]5. serving[/] version {model['version']} (champion before: {before}, "
-            f"after: {after}); {sample!r} → {answer['label']} ({answer['confidence']:.2f})"
+            f"after: {after}); {sample!r} → {_shown(task, answer)}"
         )
+
+
+def _correct(task: TaskType, truth: str) -> dict:
+    """The feedback body that gives ``truth`` (a labeled.csv cell) as the right answer."""
+    if task.per_token:
+        spans = [{"start": s, "end": e, "label": t} for s, e, t in loads(truth)]
+        return {"entities": spans, "user": "demo"}
+    return {"label": truth, "user": "demo"}
+
+
+def _shown(task: TaskType, answer: dict) -> str:
+    """One /predict answer, for the console."""
+    if task.per_token:
+        found = [f"{e['text']!r} {e['label']} ({e['score']:.2f})" for e in answer["entities"]]
+        return ", ".join(found) or "no entities"
+    return f"{answer['label']} ({answer['confidence']:.2f})"

@@ -149,3 +149,71 @@ def training_project(root: Path, **sections: dict) -> Path:
         proc = run(cmd, root, env=GIT_IDENTITY)
         assert proc.returncode == 0, proc.stderr
     return root
+
+
+WNUT = REPO / "data" / "seed" / "wnut17"
+NER_TOKEN = "ner-test-token"  # the service token of ner_project
+
+
+def _head_conll(src: Path, dest: Path, sentences: int) -> None:
+    """The first ``sentences`` sentences of a CoNLL file."""
+    out, n = [], 0
+    for line in src.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if out and out[-1] != "":
+                n += 1
+                out.append("")
+                if n == sentences:
+                    break
+            continue
+        out.append(line)
+    dest.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def ner_project(tmp_path, monkeypatch, git_identity):
+    """A tiny NER project under git + DVC: 120 WNUT train sentences, 40 test ones."""
+    from tasks.config import load_params
+    from tasks.seed import build_from_seed
+    from tasks.versioning import track
+    from tests.tasks.tiny_model import make_tiny_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("SLMOPS_API_TOKEN", NER_TOKEN)
+    root = tmp_path
+    seed = root / "data" / "seed"
+    seed.mkdir(parents=True)
+    _head_conll(WNUT / "train.conll", seed / "train.conll", 120)
+    _head_conll(WNUT / "test.conll", seed / "test.conll", 40)
+    (seed / "types.json").write_text((WNUT / "entity_types.json").read_text())
+    raw = {
+        "task": "token_classification",
+        "data": {"seed_train": "data/seed/train.conll", "seed_test": "data/seed/test.conll"},
+        "labels": {"label_set": "data/seed/types.json"},
+        "validation": {"min_examples_per_class": 0, "severity": {"exact_duplicate": "off"}},
+        "dvc": {"push": False},
+        "split": {"val_fraction": 0.2, "seed": 13},
+        "train": {
+            "base_model": str(make_tiny_model(root / "tiny-base")),
+            "epochs": 2,
+            "learning_rate": 3e-3,
+            "batch_size": 8,
+            "early_stopping_patience": 0,
+        },
+        "evaluate": {"latency_samples": 3},
+        "registry": {"model_name": "slmops-ner-test"},
+        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "significance": "none"},
+        "export": {"measure": False},
+        "serve": {"poll_seconds": 0},
+        "feedback": {"git_commit": True},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    dvc_project(root)
+    params = load_params(root / "params.yaml")
+    build_from_seed(params)
+    track([params.path(params.data.labeled_dir), params.path(params.data.test_dir)], root, False)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny ner project"]):
+        proc = run(cmd, root, env=GIT_IDENTITY)
+        assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(root)
+    return root
