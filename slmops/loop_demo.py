@@ -55,9 +55,10 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
         ).json()["predictions"]
         wrong = 0
         for answer, truth in zip(answers, examples["label"], strict=True):
+            body = {"prediction_id": answer["prediction_id"], "user": "demo"}
             r = httpx.post(
                 f"{url}/feedback",
-                json={"prediction_id": answer["prediction_id"], **_correct(task, truth)},
+                json=body | _correct(task, truth),
                 headers=headers,
                 timeout=10,
             )
@@ -99,11 +100,10 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
 
 
 def _correct(task: TaskType, truth: str) -> dict:
-    """The feedback body that gives ``truth`` (a labeled.csv cell) as the right answer."""
+    """The feedback field that gives ``truth`` (a labeled.csv cell) as the right answer."""
     if task.per_token:
-        spans = [{"start": s, "end": e, "label": t} for s, e, t in loads(truth)]
-        return {"entities": spans, "user": "demo"}
-    return {"label": truth, "user": "demo"}
+        return {"entities": [{"start": s, "end": e, "label": t} for s, e, t in loads(truth)]}
+    return {"label": truth}
 
 
 def _shown(task: TaskType, answer: dict) -> str:

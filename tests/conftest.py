@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "data" / "seed" / "banking77"
 FIXTURES = Path(__file__).parent / "fixtures"
 
-
 TINY_LABELS = [
     "card_arrival",
     "lost_or_stolen_card",

@@ -70,11 +70,10 @@ def test_the_loop_closes_on_an_ner_project(ner_project):
 
 def test_feedback_bodies_give_spans_to_a_token_classifier_and_a_label_otherwise():
     assert _correct(NER, '[[0,12,"person"]]') == {
-        "entities": [{"start": 0, "end": 12, "label": "person"}],
-        "user": "demo",
+        "entities": [{"start": 0, "end": 12, "label": "person"}]
     }
-    assert _correct(NER, "[]")["entities"] == []
-    assert _correct(INTENTS, "card_arrival") == {"label": "card_arrival", "user": "demo"}
+    assert _correct(NER, "[]") == {"entities": []}
+    assert _correct(INTENTS, "card_arrival") == {"label": "card_arrival"}
 
 
 def test_answers_are_shown_as_entities_or_a_label():
