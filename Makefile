@@ -53,4 +53,4 @@ services-status:  ## which services are running
 	./infra/services.sh status
 
 deploy: setup  ## register the retrain (weekly), ingest_feedback (hourly) and monitor deployments
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m slmops.flows.deployments

@@ -7,10 +7,10 @@ Five sides predict with the same model on the CPU, in one process:
   to the same ``max_length`` as our predictors, default ``top_k`` (the top
   label and its score);
 - ``torch``, ``torch-int8``, ``onnx``, ``onnx-int8``: the project's predictors,
-  :func:`tasks.inference.load_predictor` as the service loads them. The ONNX
-  graph is exported fresh from the model folder (:func:`tasks.export.export_onnx`)
+  :func:`tasks.model.inference.load_predictor` as the service loads them. The ONNX
+  graph is exported fresh from the model folder (:func:`tasks.model.export.export_onnx`)
   and quantized with the shipped ``export`` settings
-  (:func:`tasks.export.quantize_onnx`: ``int8_op_types``, ``int8_per_channel``,
+  (:func:`tasks.model.export.quantize_onnx`: ``int8_op_types``, ``int8_per_channel``,
   ``opset``), as promotion does; ``torch-int8`` is quantized when loaded.
 
 **The model**, in order: ``--model-dir`` / ``SLMOPS_BENCH_MODEL_DIR`` (a folder
@@ -34,7 +34,7 @@ throughput (examples/s, median over rounds) and its ratio to the pipeline's
 (median of the per-round ratios) and to torch fp32's.
 
 **Accuracy** on the frozen test split (quick mode: a stratified subset),
-:func:`tasks.export.accuracy` for every side (the pipeline through a small
+:func:`tasks.model.export.accuracy` for every side (the pipeline through a small
 adapter), and the drop from torch fp32 in points. **Size on disk**: the
 safetensors weights (torch fp32, and torch int8, which is quantized from them
 when loaded) or the ``.onnx`` file; the tokenizer files, needed by all, are
@@ -76,7 +76,7 @@ DESCRIPTIONS = {
     "onnx-int8": "our predictor, ONNX Runtime dynamic int8",
 }
 BATCH = 32
-ACCURACY_BATCH = 128  # tasks.export.accuracy's default for our predictors
+ACCURACY_BATCH = 128  # slmops.tasks.model.export.accuracy's default for our predictors
 
 # Targets of the performance issue ("Serving formats").
 MIN_SPEEDUP_VS_PIPELINE = 2.4
@@ -138,7 +138,7 @@ def resolve(params: Any, workdir: Path, labels: Sequence[str], model_dir: str | 
             raise FileNotFoundError(f"{folder}: not a model folder (no config.json)")
         return Model(folder, f"model folder {folder}", True)
     if registry_champion(params) is not None:
-        from serving.model_source import RegistrySource, fetch_version
+        from slmops.serving.model_source import RegistrySource, fetch_version
 
         source = RegistrySource(params)
         ref = source.champion()
@@ -172,7 +172,7 @@ def int8_cpu_flags() -> list[str]:
 
 class PipelineSide:
     """A ``transformers.pipeline`` on torch fp32, with ``predict`` so that
-    :func:`tasks.export.accuracy` scores it like our predictors."""
+    :func:`tasks.model.export.accuracy` scores it like our predictors."""
 
     format = PIPELINE
 
@@ -205,7 +205,7 @@ def load_side(
     predictors' ``max_length``) or our predictor."""
     import torch
 
-    from tasks.inference import load_predictor
+    from slmops.tasks.model.inference import load_predictor
 
     torch.set_num_threads(threads)
     if side == PIPELINE:
@@ -350,9 +350,9 @@ def measure(
     model: Model, test: Any, export_cfg: Any, budget: Budget, workdir: Path
 ) -> dict[str, Any]:
     """Everything in the module doc: the ``results`` of the payload."""
-    from tasks.export import ONNX_FILE, export_onnx, quantize_onnx
-    from tasks.inference import load_predictor
-    from tasks.task_types import SequenceClassification
+    from slmops.tasks.model.export import ONNX_FILE, export_onnx, quantize_onnx
+    from slmops.tasks.model.inference import load_predictor
+    from slmops.tasks.task_types import SequenceClassification
 
     accuracy = SequenceClassification().format_score
 
@@ -554,7 +554,7 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
         elif quick:
             met, why = None, f"not judged in quick mode: a stratified subset of {rows_text}"
         else:
-            # A hair of slack for float rounding, as tasks.export's eligibility rule has.
+            # A hair of slack for float rounding, as the export eligibility rule has.
             met, why = drop <= MAX_ACCURACY_DROP_PT + 1e-9, f"on all {rows_text}"
         out.append(
             target(
@@ -588,7 +588,7 @@ NOTES = [
 def run(quick: bool, model_dir: str | None = None, budget: Budget | None = None) -> dict:
     """The payload the harness records: ``results``, ``targets``, ``notes``, ``settings``."""
     from benchmarks.bench_service import bench_params
-    from tasks.dataset import load_label_set, read_test
+    from slmops.tasks.data.dataset import load_label_set, read_test
 
     budget = budget or (QUICK if quick else FULL)
     quiet_transformers()

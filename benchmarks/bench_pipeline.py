@@ -22,7 +22,7 @@ checkout's registry, data versions and Prefect database are never touched.
    every ``repro`` must skip every stage.
 3. **Validation gate.** 100k synthetic-but-realistic rows (the labeled texts
    resampled with small edits, distinct after normalisation and absent from the
-   test split, so they pass) through ``tasks.validate.validate_file``, as the
+   test split, so they pass) through ``tasks.validation.gate.validate_file``, as the
    pipeline calls it: read the CSV, derive the checked columns, the GX
    checkpoint with its Data Docs, the report and quarantine files. A warm-up
    call on 10k rows comes first; the one-time ``import great_expectations`` is
@@ -198,7 +198,7 @@ def perturbed_texts(
     ``texts`` or to another result, so the gate's duplicate and leakage checks
     pass. Returns the texts and, for each, the index of the text it came from.
     """
-    from tasks.dataset import normalise
+    from slmops.tasks.data.dataset import normalise
 
     rng = random.Random(seed)
     seen = {normalise(t) for t in avoid} | {normalise(t) for t in texts}
@@ -366,7 +366,7 @@ def child_retrain(args: dict[str, Any]) -> dict[str, Any]:
     """Run the ``retrain`` flow; return its wall time and its task runs' times."""
     from prefect.client.orchestration import get_client
 
-    from flows.retrain import retrain
+    from slmops.flows.retrain import retrain
 
     started = time.time()
     state = retrain(params_path="params.yaml", trigger="benchmark", return_state=True)
@@ -414,7 +414,7 @@ def _synthetic_labeled(base: Any, test_texts: Any, rows: int, seed: int) -> Any:
     """``rows`` labeled rows in the labeled-data layout, as a label import writes them."""
     import pandas as pd
 
-    from tasks.dataset import LABELED_COLUMNS
+    from slmops.tasks.data.dataset import LABELED_COLUMNS
 
     texts, origin = perturbed_texts(base["text"].tolist(), rows, test_texts, seed=seed)
     return pd.DataFrame(
@@ -435,9 +435,9 @@ def _synthetic_labeled(base: Any, test_texts: Any, rows: int, seed: int) -> Any:
 def child_gate(args: dict[str, Any]) -> dict[str, Any]:
     """Time the validation gate on synthetic files (module doc, 3)."""
     gx_import_s = _timed_import("great_expectations")
-    import tasks.validate as validate
-    from tasks.config import load_params
-    from tasks.dataset import LABELED_COLUMNS, read_labeled, read_test
+    import slmops.tasks.validation.gate as validate
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import LABELED_COLUMNS, read_labeled, read_test
 
     params = load_params("params.yaml")
     df = _synthetic_labeled(read_labeled(params), read_test(params)["text"], args["rows"], seed=5)
@@ -502,8 +502,8 @@ def _fill_feedback_store(params: Any, rows: int, version: str, seed: int) -> Non
     """``rows`` predictions by model ``version`` and one piece of feedback on each."""
     import sqlalchemy as sa
 
-    from tasks.dataset import load_label_set, read_labeled, read_test
-    from tasks.feedback_store import FeedbackStore, NewPrediction, feedback_table
+    from slmops.tasks.data.dataset import load_label_set, read_labeled, read_test
+    from slmops.tasks.feedback.store import FeedbackStore, NewPrediction, feedback_table
 
     rng = random.Random(seed)
     labels = load_label_set(params)
@@ -564,11 +564,11 @@ INGEST_IMPORTS = (
 def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
     """Ingest ``args['rows']`` feedback rows (module doc, 4): end to end, by step."""
     imports = {m: _timed_import(m) for m in INGEST_IMPORTS}
-    import tasks.feedback_ingest as ingest
-    import tasks.label_import as label_import
-    from tasks.config import load_params
-    from tasks.feedback_store import FeedbackStore
-    from tasks.tracking import record_live_accuracy
+    import slmops.tasks.feedback.ingest as ingest
+    import slmops.tasks.labels.importer as label_import
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.feedback.store import FeedbackStore
+    from slmops.tasks.registry.tracking import record_live_accuracy
 
     params = load_params("params.yaml")
     _fill_feedback_store(params, args["rows"], str(args["version"]), args["seed"])
@@ -795,8 +795,8 @@ def _load(base: str, texts: Sequence[str], batch: int, seconds: float, workers: 
 
 def measure_service(root: Path, env: dict[str, str], budget: Budget) -> dict[str, Any]:
     """Peak RSS of the service under a short /predict load (module doc, 5)."""
-    from tasks.config import load_params
-    from tasks.dataset import read_test
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import read_test
 
     params = load_params(root / "params.yaml")
     texts = read_test(params)["text"].tolist()
@@ -959,7 +959,7 @@ NOTES = [
     "them.",
     "dvc repro no-op: after `dvc commit` of the flow's outputs, `dvc status` and `dvc repro` "
     "alternately, medians; every repro must skip every stage.",
-    "Gate: tasks.validate.validate_file on 100k synthetic rows (resampled labeled texts with "
+    "Gate: validate_file on 100k synthetic rows (resampled labeled texts with "
     "small edits, all distinct, none in the test split) after a warm-up call; a 10k-row file "
     "alternates with it to split fixed and per-row cost.",
     "Ingestion: 10k predictions + feedback in the store, then ingest_feedback and the MLflow "

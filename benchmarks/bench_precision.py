@@ -6,7 +6,7 @@ Three measurements, in this order:
    in GFLOP/s: the ceiling for dense work in each precision on this machine.
    One training token of MiniLM-L6 costs about 65 MFLOP (6 × its linear
    layers' parameters), so the ceiling in tokens/s is GFLOP/s ÷ 0.065.
-2. **Training.** ``tasks.train.train_model`` (the pipeline's code path, through
+2. **Training.** ``slmops.tasks.model.train.train_model`` (the pipeline's code path, through
    ``benchmarks.bench_train.train_side``) with ``train.precision`` ``fp32`` and
    ``bf16`` (torch CPU autocast: matmuls in bf16, weights, optimizer and
    reductions in fp32) on the same stratified subset, one epoch, alternated,
@@ -58,7 +58,7 @@ def serving(quick: bool, model_dir: str | None = None) -> dict[str, Any]:
 
     from benchmarks.bench_formats import per_class, resolve
     from benchmarks.bench_service import bench_params
-    from tasks.dataset import load_label_set, read_test
+    from slmops.tasks.data.dataset import load_label_set, read_test
 
     per, rounds, singles = SERVING_QUICK if quick else SERVING_FULL
     workdir = Path(tempfile.mkdtemp(prefix="slmops-bench-precision-"))
@@ -77,8 +77,8 @@ def serving_measure(folder: Any, test: Any, rounds: int, singles: int) -> dict[s
     in fp32 and in bf16 autocast, alternated: a row per precision and the speed ratio."""
     from benchmarks.bench_formats import BATCH, Budget, calls, plan_rounds, timed_side
     from benchmarks.bench_service import latency_ms
-    from tasks.inference import load_predictor
-    from tasks.task_types import SequenceClassification
+    from slmops.tasks.model.inference import load_predictor
+    from slmops.tasks.task_types import SequenceClassification
 
     budget = Budget("serving", None, rounds, warmup=1, singles=singles, batches=1, memory=False)
     predictors = {

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO, alternate, median, percentiles, ratio, target
-from serving.background import free_port
+from slmops.serving.background import free_port
 
 NAME = "service"
 HOST = "127.0.0.1"
@@ -128,7 +128,7 @@ class Tuning:
 def threads_key() -> tuple[str, str]:
     """Where the served model's thread count is set: ``serve.num_threads`` when the
     config has it, else ``train.num_threads`` (what the registry source used before)."""
-    from tasks.config import ServeConfig
+    from slmops.tasks.core.config import ServeConfig
 
     if "num_threads" in ServeConfig.model_fields:
         return "serve", "num_threads"
@@ -182,14 +182,14 @@ class FolderSource:
 
     def champion(self):
         """The folder as version ``folder`` (it never moves)."""
-        from serving.model_source import ModelRef
+        from slmops.serving.model_source import ModelRef
 
         return ModelRef(self.params.registry.model_name, "folder", "")
 
     def load(self, ref):
         """Load the folder like the registry source loads a version (warm-up included)."""
-        from serving.model_source import WARMUP_TEXT, LoadedModel
-        from tasks.inference import Predictor
+        from slmops.serving.model_source import WARMUP_TEXT, LoadedModel
+        from slmops.tasks.model.inference import Predictor
 
         train = self.params.train
         predictor = Predictor.from_dir(
@@ -208,7 +208,7 @@ def model_source(spec: ModelSpec, params: Any):
     """The model source the services (and the in-process measurement) load from."""
     if spec.kind == "folder":
         return FolderSource(Path(spec.path or ""), params)
-    from serving.model_source import RegistrySource
+    from slmops.serving.model_source import RegistrySource
 
     return RegistrySource(params)
 
@@ -221,7 +221,7 @@ def registry_champion(params: Any) -> str | None:
         db = uri.removeprefix("sqlite:///")
         if not (Path(db) if db.startswith("/") else params.path(db)).is_file():
             return None
-    from serving.model_source import RegistrySource
+    from slmops.serving.model_source import RegistrySource
 
     try:
         return RegistrySource(params).champion().version
@@ -234,7 +234,7 @@ def untrained_model(params: Any, folder: Path, labels: Sequence[str]) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.inference import LABELS_FILE, resolve_base_model
+    from slmops.tasks.model.inference import LABELS_FILE, resolve_base_model
 
     base = resolve_base_model(params.train.base_model)
     torch.manual_seed(0)
@@ -276,8 +276,8 @@ def resolve_model(
 
 def bench_params(workdir: Path, overrides: dict[str, Any]) -> Any:
     """The checkout's ``params.yaml`` with stores moved into ``workdir`` and ``overrides``."""
-    from tasks.config import load_params, with_overrides
-    from tasks.tracking import tracking_uri
+    from slmops.tasks.core.config import load_params, with_overrides
+    from slmops.tasks.registry.tracking import tracking_uri
 
     params = load_params(REPO / "params.yaml")
     base = {
@@ -387,7 +387,7 @@ def serve_main(ns: argparse.Namespace) -> int:
     """A service subprocess: ``serving.app.run`` (as ``slmops serve`` runs it) on the model."""
     import logging
 
-    from serving.app import run
+    from slmops.serving.app import run
 
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(ns.workdir)
@@ -566,7 +566,7 @@ def batch_stats(service: Service) -> dict[str, Any]:
 
 def test_texts(params: Any, seed: int = 13) -> tuple[list[str], list[str]]:
     """The test split's texts in a fixed shuffled order, and its sorted labels."""
-    from tasks.dataset import read_test
+    from slmops.tasks.data.dataset import read_test
 
     frame = read_test(params)
     texts = frame["text"].astype(str).tolist()

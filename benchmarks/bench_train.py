@@ -1,12 +1,12 @@
 """Training throughput: our fine-tuning task vs Hugging Face ``Trainer``, default and by length.
 
 Three sides fine-tune the same base model (all-MiniLM-L6-v2, offline) on the
-same rows of the project's train split (``tasks.split.split_frame`` of the
+same rows of the project's train split (``slmops.tasks.data.split.split_frame`` of the
 labeled data, as ``slmops split`` cuts it), with the same batch size, learning
 rate, linear schedule with the same number of warm-up steps, epochs, seed,
 weight decay, gradient clipping and torch threads:
 
-- ``ours``: ``tasks.train.train_model`` as the pipeline runs it: length-bucketed
+- ``ours``: ``slmops.tasks.model.train.train_model`` as the pipeline runs it: length-bucketed
   batches padded to their own longest text, per-epoch validation and checkpoints
   (early stopping off, so that every side trains the same epochs);
 - ``trainer_default``: ``transformers.Trainer`` with its default settings
@@ -21,7 +21,7 @@ task, which scores the validation split and writes a checkpoint every epoch.
 Throughput is measured over the training loop only (each epoch's window, the
 validation and checkpoint time of ours excluded) and the end-to-end wall time
 is reported beside it. Test accuracy is computed the same way for every side:
-``tasks.inference.Predictor`` on the model folder each wrote (ours: its best
+``slmops.tasks.model.inference.Predictor`` on the model folder each wrote (ours: its best
 epoch by validation macro-F1; ``Trainer``: its last epoch).
 
 Every side runs in a fresh process of its own (``run_isolated``: its peak RSS is
@@ -69,10 +69,10 @@ FULL_ROUNDS = 1
 
 def load_data(spec: dict[str, Any]) -> dict[str, Any]:
     """Train, validation and test frames and the label list, as ``spec`` selects them."""
-    from tasks.config import load_params
-    from tasks.dataset import load_label_set, read_labeled, read_test
-    from tasks.split import split_frame
-    from tasks.task_types import stratified_fraction
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import load_label_set, read_labeled, read_test
+    from slmops.tasks.data.split import split_frame
+    from slmops.tasks.task_types import stratified_fraction
 
     params = load_params(REPO / "params.yaml")
     train, val = split_frame(read_labeled(params), params.split.val_fraction, params.split.seed)
@@ -130,7 +130,7 @@ def train_side(side: str, spec: dict[str, Any]) -> dict[str, Any]:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("tasks").setLevel(logging.WARNING)
+    logging.getLogger("slmops.tasks").setLevel(logging.WARNING)
     torch.set_num_threads(spec["threads"])
     data = load_data(spec)
     work = Path(tempfile.mkdtemp(prefix=f"bench-train-{side}-"))
@@ -181,9 +181,9 @@ def _train_ours(data: dict[str, Any], spec: dict[str, Any], work: Path) -> dict[
     import numpy as np
     from transformers import AutoTokenizer
 
-    from tasks.config import TrainConfig
-    from tasks.inference import resolve_base_model
-    from tasks.train import length_bucketed_batches, train_model
+    from slmops.tasks.core.config import TrainConfig
+    from slmops.tasks.model.inference import resolve_base_model
+    from slmops.tasks.model.train import length_bucketed_batches, train_model
 
     cfg = TrainConfig(
         **spec["train"],
@@ -282,7 +282,7 @@ def _train_trainer(
         set_seed,
     )
 
-    from tasks.inference import LABELS_FILE, resolve_base_model
+    from slmops.tasks.model.inference import LABELS_FILE, resolve_base_model
 
     t = spec["train"]
     labels = data["labels"]
@@ -383,7 +383,7 @@ def _test_accuracy(model_dir: Path, test, spec: dict[str, Any]) -> dict[str, flo
     """Accuracy and macro-F1 on the test rows, predicted with the service's code."""
     from sklearn.metrics import f1_score
 
-    from tasks.inference import Predictor
+    from slmops.tasks.model.inference import Predictor
 
     predictor = Predictor.from_dir(model_dir, num_threads=spec["threads"])
     preds = predictor.predict(test["text"].astype(str).tolist())
@@ -400,7 +400,7 @@ def _test_accuracy(model_dir: Path, test, spec: dict[str, Any]) -> dict[str, flo
 
 def settings(quick: bool) -> dict[str, Any]:
     """What every side trains with: the default budget of ``params.yaml`` (quick: a subset)."""
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     train = load_params(REPO / "params.yaml").train
     keep = (

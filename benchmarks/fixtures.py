@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from serving.background import free_port
+from slmops.serving.background import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,8 +140,8 @@ def registry_state(root: Path, env: dict[str, str]) -> dict[str, object]:
     code = (
         "import json\n"
         "from mlflow import MlflowClient\n"
-        "from tasks.config import load_params\n"
-        "from tasks.tracking import configure\n"
+        "from slmops.tasks.core.config import load_params\n"
+        "from slmops.tasks.registry.tracking import configure\n"
         "p = load_params('params.yaml'); configure(p); c = MlflowClient()\n"
         "name = p.registry.model_name\n"
         "vs = [int(v.version) for v in c.search_model_versions(f\"name='{name}'\")]\n"
@@ -199,7 +199,7 @@ def serve(
     port = port or free_port()
     log = (root / "serve.log").open("ab")
     proc = subprocess.Popen(
-        python("-m", "serving", "--host", "127.0.0.1", "--port", str(port)),
+        python("-m", "slmops.serving", "--host", "127.0.0.1", "--port", str(port)),
         cwd=root,
         env=env,
         stdout=log,

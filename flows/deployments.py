@@ -131,7 +131,7 @@ def deploy_all(
 def _monitor_schedule(params_file: Path, schedules: Schedules) -> dict[str, Any]:
     """``{"cron": ...}`` or ``{"interval": ...}`` for ``monitor/scheduled``: the command
     line's, else the params file's ``monitoring.schedule_cron`` / ``schedule_every_seconds``."""
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     if schedules.monitor_cron:
         return {"cron": schedules.monitor_cron}

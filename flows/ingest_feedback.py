@@ -14,9 +14,9 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.steps import load_params_step, pipeline_flow, step
-from tasks.config import load_params
-from tasks.feedback_ingest import (
+from slmops.flows.steps import load_params_step, pipeline_flow, step
+from slmops.tasks.core.config import load_params
+from slmops.tasks.feedback.ingest import (
     RETRAIN_MARK,
     IngestResult,
     ingest_feedback,
@@ -24,8 +24,8 @@ from tasks.feedback_ingest import (
     retrain_reason,
     watermark,
 )
-from tasks.feedback_store import FeedbackStore
-from tasks.tracking import record_live_accuracy
+from slmops.tasks.feedback.store import FeedbackStore
+from slmops.tasks.registry.tracking import record_live_accuracy
 
 
 @step(name="ingest-feedback")
@@ -72,7 +72,7 @@ def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str
         logger.info("started a run of deployment %s (%s): %s", name, run.id, reason)
         return {"mode": "deployment", "flow_run_id": str(run.id)}
     logger.info("no deployment %s on this Prefect API: retraining as a subflow", name)
-    from flows.retrain import retrain
+    from slmops.flows.retrain import retrain
 
     result = retrain(params_path=params_path, profile=profile, trigger="feedback")
     return {"mode": "subflow", **{k: result[k] for k in ("version", "promoted", "decision")}}

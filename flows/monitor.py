@@ -1,6 +1,6 @@
 """Prefect flow ``monitor``: the champion's live predictions against its test-set predictions.
 
-One step, ``monitor`` (``tasks/monitoring.py``): read the live window from the
+One step, ``monitor`` (``tasks/monitoring/report.py``): read the live window from the
 feedback store and the champion's reference predictions from MLflow, run the
 checks (label shift, label spike, confidence drop, text length, live accuracy),
 write the HTML and JSON report under ``monitoring.report_dir``, and when a
@@ -20,15 +20,15 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.steps import load_params_step, pipeline_flow, step
-from tasks.config import Params
-from tasks.monitoring import MonitoringReport, run_monitoring
+from slmops.flows.steps import load_params_step, pipeline_flow, step
+from slmops.tasks.core.config import Params
+from slmops.tasks.monitoring.report import MonitoringReport, run_monitoring
 
 
 @step(name="monitor")
 def monitor_task(params: Params, alert: bool) -> MonitoringReport:
     """Run the checks and write the report; alert when one fires."""
-    from tasks.task_types import task_type
+    from slmops.tasks.task_types import task_type
 
     # What a label cell counts as depends on the task type (a class, or entity spans):
     # its own function, chosen here since a flow parameter cannot carry a function.

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from flows.steps import load_params_step, pipeline_flow, step
-from tasks.errors import DataError
-from tasks.label_import import import_pending
-from tasks.split import write_splits
-from tasks.validate import run_gate
+from slmops.flows.steps import load_params_step, pipeline_flow, step
+from slmops.tasks.core.errors import DataError
+from slmops.tasks.data.split import write_splits
+from slmops.tasks.labels.importer import import_pending
+from slmops.tasks.validation.gate import run_gate
 
 import_pending_task = step(import_pending, name="import-pending-labels")
 split_task = step(write_splits, name="split")

@@ -17,19 +17,19 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
-from flows.prepare_data import import_pending_task, split_task, validate_task
-from flows.steps import load_params_step, pipeline_flow, step
-from tasks import notify
-from tasks.challenger import (
+from slmops.flows.prepare_data import import_pending_task, split_task, validate_task
+from slmops.flows.steps import load_params_step, pipeline_flow, step
+from slmops.tasks.core import notify
+from slmops.tasks.core.config import NotifyEvent
+from slmops.tasks.core.redact import redact_uri
+from slmops.tasks.pipeline.challenger import (
     data_versions,
     evaluate_challenger,
     register_challenger,
     train_challenger,
 )
-from tasks.config import NotifyEvent
-from tasks.promotion import apply
-from tasks.redact import redact_uri
-from tasks.tracking import tracking_uri
+from slmops.tasks.registry.promotion import apply
+from slmops.tasks.registry.tracking import tracking_uri
 
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
 

@@ -5,7 +5,7 @@ with :func:`pipeline_flow` instead of ``@flow``. When a step fails (after its
 retries), the flow run ends Failed with the message
 ``step 'train' failed: DataError: <message>``: what the Prefect UI shows, what
 ``slmops`` prints, and what the flow's on_failure hook posts to the ``notify``
-webhook (``tasks/notify.py``). A caller of the flow function still gets the
+webhook (``tasks/core/notify.py``). A caller of the flow function still gets the
 step's own exception. Credentials in URIs are masked in the message.
 """
 
@@ -25,9 +25,9 @@ from prefect.context import FlowRunContext
 from prefect.states import Failed, State, get_state_exception
 from prefect.utilities.hashing import file_hash
 
-from tasks import notify
-from tasks.config import ConfigError, NotifyEvent, Params, load_params, with_overrides
-from tasks.redact import redact_text
+from slmops.tasks.core import notify
+from slmops.tasks.core.config import ConfigError, NotifyEvent, Params, load_params, with_overrides
+from slmops.tasks.core.redact import redact_text
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The prediction and feedback HTTP service (``python -m serving``)."""
 
-from serving.app import create_app, run
+from slmops.serving.app import create_app, run
 
 __all__ = ["create_app", "run"]

@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from serving.app import run
-from tasks.config import DEFAULT_PARAMS, ConfigError, load_params
+from slmops.serving.app import run
+from slmops.tasks.core.config import DEFAULT_PARAMS, ConfigError, load_params
 
 
 def main(argv: list[str] | None = None) -> int:

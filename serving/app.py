@@ -43,11 +43,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.batcher import BatcherClosed, BatchStats, MicroBatcher, QueueFull
-from serving.metrics import RecordRequests, ServiceMetrics
-from serving.model_source import LoadedModel, ModelSource, NoChampion, RegistrySource
-from tasks.config import Params
-from tasks.feedback_store import (
+from slmops.serving.batcher import BatcherClosed, BatchStats, MicroBatcher, QueueFull
+from slmops.serving.metrics import RecordRequests, ServiceMetrics
+from slmops.serving.model_source import LoadedModel, ModelSource, NoChampion, RegistrySource
+from slmops.tasks.core.config import Params
+from slmops.tasks.feedback.store import (
     FeedbackStore,
     InvalidLabel,
     NewPrediction,
@@ -55,8 +55,8 @@ from tasks.feedback_store import (
     UnknownLabel,
     UnknownPrediction,
 )
-from tasks.ner.spans import dumps
-from tasks.task_types import TaskType
+from slmops.tasks.task_types import TaskType
+from slmops.tasks.task_types.token.spans import dumps
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tasks.config import Params
+from slmops.tasks.core.config import Params
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ def serve_in_thread(params: Params, port: int, ready_timeout: float = 120) -> It
     import httpx
     import uvicorn
 
-    from serving.app import create_app
+    from slmops.serving.app import create_app
 
     server = uvicorn.Server(
         uvicorn.Config(create_app(params), host="127.0.0.1", port=port, log_level="warning")

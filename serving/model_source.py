@@ -13,13 +13,13 @@ The transformers flavour of MLflow stores a version like this::
     model/model.safetensors
     components/tokenizer/        tokenizer.json, tokenizer_config.json, ...
 
-:class:`tasks.inference.Predictor` expects weights and tokenizer in one
+:class:`slmops.tasks.model.inference.Predictor` expects weights and tokenizer in one
 folder, so the tokenizer files are copied beside the weights before the
 rename. Weights are read from safetensors only: a version without them is
 refused rather than unpickled.
 
 **Serving formats.** The version's run holds the formats exported at promotion
-(:mod:`tasks.export`): ``formats/formats.json`` and ``formats/<format>/model.onnx``.
+(:mod:`slmops.tasks.model.export`): ``formats/formats.json`` and ``formats/<format>/model.onnx``.
 The service serves ``serve.format`` (``auto``: the format chosen at export).
 Only the manifest and the served format's file are downloaded, into
 ``<version>/formats/`` beside the model. A version without that format (never
@@ -41,8 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from tasks.config import Params, ServeFormat, TaskName
-from tasks.export import (
+from slmops.tasks.core.config import Params, ServeFormat, TaskName
+from slmops.tasks.core.redact import redact_text
+from slmops.tasks.model.export import (
     FORMATS_DIR,
     FORMATS_FILE,
     ModelFilesError,
@@ -50,11 +51,10 @@ from tasks.export import (
     model_folder,
     version_download_uri,
 )
-from tasks.inference import ONNX_FORMATS, BasePredictor, load_predictor
-from tasks.promotion import CHAMPION
-from tasks.redact import redact_text
-from tasks.task_types import TaskType, task_type
-from tasks.tracking import tracking_uri
+from slmops.tasks.model.inference import ONNX_FORMATS, BasePredictor, load_predictor
+from slmops.tasks.registry.promotion import CHAMPION
+from slmops.tasks.registry.tracking import tracking_uri
+from slmops.tasks.task_types import TaskType, task_type
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _clean_stale_temporaries(parent: Path) -> None:
 def registry_client(params: Params):
     """An MLflow client on the configured store, without touching MLflow's global state.
 
-    The service never calls :func:`tasks.tracking.configure`: that would set the
+    The service never calls :func:`slmops.tasks.registry.tracking.configure`: that would set the
     process-wide tracking URI and create the experiment, neither of which a
     reader should do.
     """

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from tasks.config import Params
+    from slmops.tasks.core.config import Params
 
 # Nothing reaches for the network by default (see DESIGN.md): set before the
 # libraries are imported.
@@ -78,7 +78,7 @@ def _setup(
 
 
 def _params(path: Path):
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     return load_params(path)
 
@@ -145,7 +145,7 @@ def validate(
     Exits 1 when a check at error severity fails; every failing row is written
     to quarantine.csv with the reason.
     """
-    from tasks.validate import run_gate, validate_file
+    from slmops.tasks.validation.gate import run_gate, validate_file
 
     p = _params(params)
     results = [validate_file(path, p, leakage=leakage, out_dir=report_dir)] if path else run_gate(p)
@@ -174,7 +174,7 @@ def import_labels_cmd(
     ties and low agreement are quarantined. A new label for a text already in
     the data replaces the old one and is logged in corrections.csv.
     """
-    from tasks.label_import import import_labels
+    from slmops.tasks.labels.importer import import_labels
 
     p = _params(params)
     for path in paths:
@@ -209,7 +209,7 @@ def data_init(
     Restores the version named in the .dvc files from the DVC cache or remote;
     on a fresh clone it rebuilds them from the seed (reproducing the committed hashes).
     """
-    from tasks.seed import init_data
+    from slmops.tasks.pipeline.seed import init_data
 
     try:
         s = init_data(_params(params), rebuild=rebuild)
@@ -224,7 +224,7 @@ def data_init(
 @app.command()
 def split(params: ParamsOpt = Path("params.yaml")) -> None:
     """Write the stratified train/val split of the labeled data (dvc stage `split`)."""
-    from tasks.split import write_splits
+    from slmops.tasks.data.split import write_splits
 
     s = write_splits(_params(params))
     out.print(f"{s.train_rows} train rows → {s.train_path}; {s.val_rows} val rows → {s.val_path}")
@@ -233,7 +233,7 @@ def split(params: ParamsOpt = Path("params.yaml")) -> None:
 @app.command()
 def prepare(params: ParamsOpt = Path("params.yaml")) -> None:
     """Run the Prefect flow `prepare-data`: import pending exports → gate → split."""
-    from flows.prepare_data import prepare_data
+    from slmops.flows.prepare_data import prepare_data
 
     result = _run_flow(prepare_data, params_path=str(params))
     out.print(
@@ -250,7 +250,7 @@ ProfileOpt = Annotated[
 
 
 def _params_profile(path: Path, profile: str | None):
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     return load_params(path, profile)
 
@@ -262,7 +262,7 @@ def train(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -
     Resumes from the last epoch checkpoint when a run with the same data and
     settings was interrupted.
     """
-    from tasks.challenger import train_challenger
+    from slmops.tasks.pipeline.challenger import train_challenger
 
     r = train_challenger(_params_profile(params, profile))
     best = r.history[r.best_epoch - 1]
@@ -278,7 +278,7 @@ def train(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -
 @app.command()
 def evaluate(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Evaluate the trained model on the frozen test split (dvc stage `evaluate`)."""
-    from tasks.challenger import evaluate_challenger
+    from slmops.tasks.pipeline.challenger import evaluate_challenger
 
     r = evaluate_challenger(_params_profile(params, profile))
     table = Table(title=f"test metrics ({r.out_dir})", title_justify="left")
@@ -292,7 +292,7 @@ def evaluate(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")
 @app.command()
 def register(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Log the trained and evaluated model to MLflow and register a new version."""
-    from tasks.challenger import register_challenger
+    from slmops.tasks.pipeline.challenger import register_challenger
 
     p = _params_profile(params, profile)
     r = register_challenger(p)
@@ -310,7 +310,7 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Gate a version against the champion and make it the champion if it passes."""
-    from tasks.promotion import apply
+    from slmops.tasks.registry.promotion import apply
 
     decision, promoted = apply(_params(params), version, force=force, action="manual", note=reason)
     for check in decision.checks:
@@ -331,7 +331,7 @@ def rollback(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Move the champion alias back to the previous champion (recorded in the ledger)."""
-    from tasks.promotion import rollback as do_rollback
+    from slmops.tasks.registry.promotion import rollback as do_rollback
 
     entry = do_rollback(_params(params), reason=reason)
     out.print(f"champion: version {entry['champion_before']} → {entry['champion_after']}")
@@ -342,7 +342,7 @@ def models(params: ParamsOpt = Path("params.yaml")) -> None:
     """Compare registered versions: test metrics, data versions, gate outcome, aliases."""
     import pandas as pd
 
-    from tasks.promotion import versions_table
+    from slmops.tasks.registry.promotion import versions_table
 
     p = _params(params)
     df = versions_table(p)
@@ -386,7 +386,7 @@ def retrain(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Run the Prefect flow `retrain`: labels → validate → train → evaluate → register → gate."""
-    from flows.retrain import retrain as retrain_flow
+    from slmops.flows.retrain import retrain as retrain_flow
 
     r = _run_flow(
         retrain_flow,
@@ -422,7 +422,7 @@ def serve(
     Write endpoints (/feedback, /admin/reload) need the token from the
     environment variable named by serve.token_env (SLMOPS_API_TOKEN).
     """
-    from serving.app import run
+    from slmops.serving.app import run
 
     run(_params(params), host=host, port=port)
 
@@ -445,7 +445,7 @@ def export_review(
     Import the file into Label Studio; its export comes back with
     `slmops import-labels` (or the pending folder of the retrain flow).
     """
-    from tasks.review_export import export_review as write_review
+    from slmops.tasks.feedback.review import export_review as write_review
 
     if fmt not in ("label-studio", "csv"):
         raise _fail(f"--format {fmt!r}: expected label-studio or csv")
@@ -463,7 +463,7 @@ def ingest_feedback(
 ) -> None:
     """Run the Prefect flow `ingest_feedback`: feedback → labeled data (new DVC version) → retrain
     when a threshold is crossed."""
-    from flows.ingest_feedback import ingest_feedback_flow
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
 
     r = _run_flow(
         ingest_feedback_flow, params_path=str(params), trigger_retrain=not no_retrain, limit=limit
@@ -512,7 +512,7 @@ def monitor(
     Exit code: 0 no check fired (or not enough live predictions to judge), 3 a check
     fired, 1 the run failed (no champion, no reference predictions, bad params).
     """
-    from flows.monitor import monitor as monitor_flow
+    from slmops.flows.monitor import monitor as monitor_flow
 
     r = _run_flow(
         monitor_flow,
@@ -594,9 +594,9 @@ def next_steps(p: Params, params: Path) -> str:
 
 def main() -> None:
     """Console-script entry point: known failures print one clear message, exit 1."""
-    from tasks.config import ConfigError
-    from tasks.errors import DataError, PromotionError
-    from tasks.versioning import DvcError
+    from slmops.tasks.core.config import ConfigError
+    from slmops.tasks.core.errors import DataError, PromotionError
+    from slmops.tasks.data.versioning import DvcError
 
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.

@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from serving.background import free_port, serve_in_thread
-from tasks.config import load_params, with_overrides
-from tasks.errors import DataError
-from tasks.ner.spans import loads
-from tasks.task_types import TaskType, task_type
+from slmops.serving.background import free_port, serve_in_thread
+from slmops.tasks.core.config import load_params, with_overrides
+from slmops.tasks.core.errors import DataError
+from slmops.tasks.task_types import TaskType, task_type
+from slmops.tasks.task_types.token.spans import loads
 
 EXAMPLES = Path("data/examples/feedback_demo.csv")
 PROFILE = "loop-demo"  # params.yaml profile: a retrain threshold the example batch crosses
@@ -30,8 +30,8 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
     """Run the loop demo against the project at ``params_path`` (see module doc)."""
     import httpx
 
-    from flows.ingest_feedback import ingest_feedback_flow
-    from tasks.promotion import CHAMPION, alias_version, client
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.tasks.registry.promotion import CHAMPION, alias_version, client
 
     params = load_params(params_path, PROFILE)
     task = task_type(params)

@@ -53,8 +53,8 @@ def write_params(root: Path, **overrides: dict) -> Path:
 
 def build_tiny_project(root: Path) -> Path:
     """A project root with a tiny seed, built labeled data and test split (no DVC)."""
-    from tasks.config import load_params
-    from tasks.seed import build_from_seed
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.pipeline.seed import build_from_seed
 
     write_tiny_seed(root)
     write_params(root)
@@ -71,7 +71,7 @@ def tiny_project(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_params(tiny_project: Path):
     """Params of :func:`tiny_project`."""
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     return load_params(tiny_project / "params.yaml")
 
@@ -121,8 +121,8 @@ def copy_fixture(name: str, dest: Path) -> Path:
 def training_project(root: Path, **sections: dict) -> Path:
     """The tiny project under git + DVC (data tracked, all committed), training a tiny
     random BERT with low gate floors; ``sections`` update sections of its params.yaml."""
-    from tasks.config import load_params
-    from tasks.versioning import track
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.versioning import track
     from tests.tasks.tiny_model import make_tiny_model
 
     build_tiny_project(root)
@@ -172,9 +172,9 @@ def _head_conll(src: Path, dest: Path, sentences: int) -> None:
 @pytest.fixture
 def ner_project(tmp_path, monkeypatch, git_identity):
     """A tiny NER project under git + DVC: 120 WNUT train sentences, 40 test ones."""
-    from tasks.config import load_params
-    from tasks.seed import build_from_seed
-    from tasks.versioning import track
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.versioning import track
+    from slmops.tasks.pipeline.seed import build_from_seed
     from tests.tasks.tiny_model import make_tiny_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

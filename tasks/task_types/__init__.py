@@ -5,19 +5,19 @@ validation, split, training, evaluation, export, serving, feedback,
 monitoring) asks :func:`task_type` for its part instead of branching on the
 task itself. The label cell of a data row is a string for every type: the
 label for ``sequence_classification``, canonical span JSON
-(:mod:`tasks.ner.spans`) for ``token_classification``.
+(:mod:`slmops.tasks.task_types.token.spans`) for ``token_classification``.
 
 Adding a task type means one more :class:`TaskType` subclass (a module beside
 :mod:`.sequence` and :mod:`.token`) and its entry in :data:`TASK_TYPES` (and
-its name in :class:`tasks.config.TaskName`).
+its name in :class:`slmops.tasks.core.config.TaskName`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.config import Params, TaskName
-from tasks.task_types.base import (
+from slmops.tasks.core.config import Params, TaskName
+from slmops.tasks.core.task_type import (
     NO_ENTITY,
     LabelError,
     Scored,
@@ -25,8 +25,11 @@ from tasks.task_types.base import (
     ValScorer,
     predict_proba_by_length,
 )
-from tasks.task_types.sequence import SequenceClassification, stratified_fraction
-from tasks.task_types.token import TokenClassification
+from slmops.tasks.task_types.sequence.classification import (
+    SequenceClassification,
+    stratified_fraction,
+)
+from slmops.tasks.task_types.token.classification import TokenClassification
 
 TASK_TYPES: dict[TaskName, TaskType] = {
     t.name: t for t in (SequenceClassification(), TokenClassification())

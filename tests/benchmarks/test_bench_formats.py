@@ -144,7 +144,7 @@ def torch_threads():
 
 
 def test_measure_on_a_tiny_model(tmp_path: Path, torch_threads, monkeypatch):
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     # One thread: on a shared machine, two OpenMP threads of a tiny model mostly wait.
     monkeypatch.setattr(bf.os, "cpu_count", lambda: 1)

@@ -12,7 +12,7 @@ from benchmarks.bench_pipeline import (
     peak_in_window,
     perturbed_texts,
 )
-from tasks.dataset import normalise
+from slmops.tasks.data.dataset import normalise
 
 
 def test_overhead_is_the_wall_time_beyond_the_steps():

@@ -12,8 +12,8 @@ CORRECTIONS = [
 
 def record_corrections(params, corrections=CORRECTIONS) -> None:
     """Log a prediction of each text and a reviewer's correction of it."""
-    from tasks.dataset import load_label_set
-    from tasks.feedback_store import FeedbackStore, NewPrediction
+    from slmops.tasks.data.dataset import load_label_set
+    from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
 
     labels = load_label_set(params)
     with FeedbackStore.from_params(params) as store:
@@ -32,7 +32,7 @@ def corrections_past_the_threshold(project, **sections: dict):
     params.yaml), and record :data:`CORRECTIONS`; return the params."""
     import yaml
 
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     path = project / "params.yaml"
     raw = yaml.safe_load(path.read_text())

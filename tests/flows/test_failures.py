@@ -44,7 +44,7 @@ def cli(monkeypatch, *args: str) -> tuple[int, str]:
 @pytest.fixture
 def corrupt_train_split(monkeypatch):
     """The train split as the train step reads it holds a label outside the label set."""
-    import tasks.challenger as challenger
+    import slmops.tasks.pipeline.challenger as challenger
 
     real = challenger._splits
 
@@ -68,9 +68,9 @@ def flow_run_message(state) -> str:
 def test_a_failing_train_step_is_named_everywhere_and_changes_nothing(
     project, monkeypatch, request
 ):
-    from flows.retrain import retrain
-    from tasks.config import load_params
-    from tasks.promotion import CHAMPION, alias_version, client
+    from slmops.flows.retrain import retrain
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.registry.promotion import CHAMPION, alias_version, client
 
     params_path = str(project / "params.yaml")
     params = load_params(params_path)
@@ -117,8 +117,8 @@ def test_a_failing_train_step_is_named_everywhere_and_changes_nothing(
 def test_a_refused_webhook_leaves_the_original_failure_reported(
     project, monkeypatch, caplog, corrupt_train_split
 ):
-    from flows.retrain import retrain
-    from tasks.errors import DataError
+    from slmops.flows.retrain import retrain
+    from slmops.tasks.core.errors import DataError
 
     monkeypatch.setenv("SLMOPS_NOTIFY_URL", refused_url("/hook/s3cr3t"))
     before = labeled_state(project)
@@ -138,9 +138,9 @@ def test_a_bad_params_file_fails_the_load_params_step(project, monkeypatch):
 
 
 def test_a_failing_retrain_subflow_is_named_through_the_ingest_step(project, corrupt_train_split):
-    from flows.ingest_feedback import ingest_feedback_flow
-    from tasks.feedback_ingest import RETRAIN_MARK, watermark
-    from tasks.feedback_store import FeedbackStore
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.tasks.feedback.ingest import RETRAIN_MARK, watermark
+    from slmops.tasks.feedback.store import FeedbackStore
     from tests.flows.feedback import corrections_past_the_threshold
 
     path = project / "params.yaml"

@@ -9,11 +9,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_feedback_past_the_threshold_makes_a_version_and_retrains(project):
-    from flows.ingest_feedback import ingest_feedback_flow
-    from tasks.dataset import read_labeled
-    from tasks.feedback_ingest import RETRAIN_MARK, watermark
-    from tasks.feedback_store import FeedbackStore
-    from tasks.promotion import alias_version, client
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.tasks.data.dataset import read_labeled
+    from slmops.tasks.feedback.ingest import RETRAIN_MARK, watermark
+    from slmops.tasks.feedback.store import FeedbackStore
+    from slmops.tasks.registry.promotion import alias_version, client
 
     path = project / "params.yaml"
     params = corrections_past_the_threshold(project)

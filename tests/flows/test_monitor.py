@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.monitor import monitor
-from tasks.config import load_params
-from tasks.monitoring import MonitoringError, run_monitoring
+from slmops.flows.monitor import monitor
+from slmops.tasks.core.config import load_params
+from slmops.tasks.monitoring.report import MonitoringError, run_monitoring
 from tests.slmops.run_cli import cli
-from tests.tasks.test_monitoring import (
+from tests.tasks.monitoring.test_report import (
     LIVE_ROWS,
     VERSION,
     log_stream,
@@ -32,8 +32,8 @@ def registry(tmp_path_factory) -> str:
     its run holding ``eval/predictions.csv`` as registration logs it (no weights needed)."""
     import mlflow
 
-    from tasks.config import parse_params
-    from tasks.promotion import CHAMPION, client
+    from slmops.tasks.core.config import parse_params
+    from slmops.tasks.registry.promotion import CHAMPION, client
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -9,9 +9,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_flow_imports_pending_exports_validates_and_splits(tiny_project, monkeypatch):
-    from flows.prepare_data import prepare_data
-    from tasks.config import load_params
-    from tasks.dataset import LabeledPaths
+    from slmops.flows.prepare_data import prepare_data
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import LabeledPaths
 
     dvc_project(tiny_project)
     params = load_params(tiny_project / "params.yaml")

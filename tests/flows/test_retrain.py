@@ -11,10 +11,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_retrain_promotes_then_refuses_then_force_and_rollback_are_recorded(project):
-    from flows.retrain import retrain
-    from tasks import ledger
-    from tasks.config import load_params
-    from tasks.promotion import CHAMPION, PREVIOUS, alias_version, client, rollback
+    from slmops.flows.retrain import retrain
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.registry import ledger
+    from slmops.tasks.registry.promotion import CHAMPION, PREVIOUS, alias_version, client, rollback
 
     params_path = str(project / "params.yaml")
     params = load_params(params_path)
@@ -53,8 +53,8 @@ def test_retrain_promotes_then_refuses_then_force_and_rollback_are_recorded(proj
     assert v2.tags["gate.summary"] == second["decision"]
 
     # Forcing it is recorded; rolling back restores version 1.
-    from tasks.config import with_overrides
-    from tasks.promotion import apply
+    from slmops.tasks.core.config import with_overrides
+    from slmops.tasks.registry.promotion import apply
 
     strict = with_overrides(params, {"gate": {"min_macro_f1_gain": 0.5}}, "test")
     _, promoted = apply(strict, "2", force=True, action="manual", note="test force")

@@ -24,13 +24,13 @@ def _served(client: TestClient) -> dict:
 
 
 def test_ner_retrain_serve_feedback_and_ingest(ner_project):
-    from flows.ingest_feedback import ingest_feedback_flow
-    from flows.retrain import retrain
-    from serving.app import create_app
-    from tasks.config import load_params
-    from tasks.dataset import read_labeled
-    from tasks.ner.spans import dumps, words
-    from tasks.promotion import CHAMPION, alias_version, client
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.flows.retrain import retrain
+    from slmops.serving.app import create_app
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import read_labeled
+    from slmops.tasks.registry.promotion import CHAMPION, alias_version, client
+    from slmops.tasks.task_types.token.spans import dumps, words
 
     params_path = str(ner_project / "params.yaml")
     params = load_params(params_path)

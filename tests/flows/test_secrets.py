@@ -47,7 +47,7 @@ def _prefect_records() -> list[str]:
 
 def _mlflow_records(params) -> list[str]:
     """Names and values of every run's params and tags, metric names, version tags."""
-    from tasks.promotion import client
+    from slmops.tasks.registry.promotion import client
 
     mc = client(params)
     texts: list[str] = []
@@ -63,8 +63,8 @@ def _mlflow_records(params) -> list[str]:
 
 
 def test_secrets_reach_no_log_record_or_artifact(project, monkeypatch, caplog, tmp_path_factory):
-    from flows.ingest_feedback import ingest_feedback_flow
-    from flows.retrain import retrain
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.flows.retrain import retrain
 
     caplog.set_level(logging.DEBUG)
     for name, value in SECRETS_IN_ENV.items():
@@ -79,7 +79,8 @@ def test_secrets_reach_no_log_record_or_artifact(project, monkeypatch, caplog, t
     )
     # What the flow reports as the tracking URI, had it one with a password.
     monkeypatch.setattr(
-        "flows.retrain.tracking_uri", lambda p: f"postgresql://mlflow:{DB_PASSWORD}@db/mlflow"
+        "slmops.flows.retrain.tracking_uri",
+        lambda p: f"postgresql://mlflow:{DB_PASSWORD}@db/mlflow",
     )
 
     # stdout and stderr into buffers that stay open (not capfd: a Prefect log handler

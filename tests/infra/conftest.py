@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.background import free_port
+from slmops.serving.background import free_port
 from tests.conftest import GIT_IDENTITY, REPO, training_project
 
 SERVICES = REPO / "infra" / "services.sh"
@@ -74,7 +74,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     """Services up, deployments registered (schedules paused), clients pointed at them."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import deploy_all
+    from slmops.flows.deployments import deploy_all
 
     base = tmp_path_factory.mktemp("stack")
     project = training_project(

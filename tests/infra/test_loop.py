@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from serving.background import free_port, serve_in_thread
+from slmops.serving.background import free_port, serve_in_thread
 from tests.conftest import run
 from tests.infra.conftest import (
     FLOW_RUN_TIMEOUT_S,
@@ -38,10 +38,10 @@ def test_retrain_serve_feedback_and_retrain_again(stack: Stack, monkeypatch):
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
 
-    from tasks.config import load_params
-    from tasks.dataset import read_labeled
-    from tasks.feedback_ingest import RETRAIN_MARK, watermark
-    from tasks.feedback_store import FeedbackStore
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import read_labeled
+    from slmops.tasks.feedback.ingest import RETRAIN_MARK, watermark
+    from slmops.tasks.feedback.store import FeedbackStore
 
     project = stack.project
     params = load_params(project / "params.yaml")

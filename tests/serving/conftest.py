@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.config import Params, parse_params
+from slmops.tasks.core.config import Params, parse_params
 from tests.conftest import TINY_LABELS
 from tests.tasks.tiny_model import make_tiny_model
 
@@ -41,8 +41,8 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
     """Register versions 1 and 2 (working) and 3 (broken weights) of a tiny model."""
     import mlflow
 
-    from tasks.promotion import CHAMPION, client
-    from tasks.tracking import log_model
+    from slmops.tasks.registry.promotion import CHAMPION, client
+    from slmops.tasks.registry.tracking import log_model
 
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
@@ -68,8 +68,8 @@ def set_champion(params: Params, version: str) -> None:
     """Move the champion alias (what `slmops promote` does, without the gate)."""
     from mlflow import MlflowClient
 
-    from tasks.promotion import CHAMPION
-    from tasks.tracking import tracking_uri
+    from slmops.tasks.registry.promotion import CHAMPION
+    from slmops.tasks.registry.tracking import tracking_uri
 
     uri = tracking_uri(params)
     MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(

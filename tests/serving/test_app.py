@@ -9,8 +9,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from tasks.config import with_overrides
+from slmops.serving.app import create_app
+from slmops.tasks.core.config import with_overrides
 from tests.conftest import TINY_LABELS
 from tests.serving.conftest import TOKEN, auth, set_champion, wait_until_loaded
 

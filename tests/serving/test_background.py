@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from serving.background import free_port, serve_in_thread
+from slmops.serving.background import free_port, serve_in_thread
 from tests.serving.conftest import set_champion
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
+from slmops.serving.app import create_app
 from tests.serving.conftest import auth, wait_until_loaded
 from tests.snapshots import sqlite_rows
 

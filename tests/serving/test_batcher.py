@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from serving.batcher import BatcherClosed, MicroBatcher, QueueFull
+from slmops.serving.batcher import BatcherClosed, MicroBatcher, QueueFull
 
 
 class Gate:

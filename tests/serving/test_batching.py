@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
+from slmops.serving.app import create_app
 from tests.serving.conftest import set_champion, wait_until_loaded
 
 
@@ -214,7 +214,7 @@ def test_invalid_requests_do_not_leave_the_batcher_waiting(batched):
 def test_alias_move_under_batched_load_loses_nothing_and_answers_switch(make_params, registry):
     """Real HTTP (uvicorn) with 8 concurrent clients: batches form, none fails, and every
     answer reports the version that computed it (one version per request)."""
-    from serving.background import free_port, serve_in_thread
+    from slmops.serving.background import free_port, serve_in_thread
 
     params = make_params(poll_seconds=0.2, batching={"max_wait_ms": 5})
     answers: list[tuple[float, int, set[str]]] = []
@@ -255,7 +255,7 @@ def test_alias_move_under_batched_load_loses_nothing_and_answers_switch(make_par
 
 
 def test_batching_settings_are_checked(tmp_path):
-    from tasks.config import ConfigError, parse_params
+    from slmops.tasks.core.config import ConfigError, parse_params
 
     defaults = parse_params({}, tmp_path / "params.yaml").serve.batching
     assert defaults.enabled and defaults.max_batch >= 1 and defaults.queue_size >= 1

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.model_source import ModelRef, RegistrySource, fetch_format, fetch_version
-from tasks.config import parse_params
-from tasks.export import FORMATS_DIR, FORMATS_FILE
+from slmops.serving.app import create_app
+from slmops.serving.model_source import ModelRef, RegistrySource, fetch_format, fetch_version
+from slmops.tasks.core.config import parse_params
+from slmops.tasks.model.export import FORMATS_DIR, FORMATS_FILE
 from tests.conftest import TINY_LABELS
 from tests.serving.conftest import auth, set_champion, wait_until_loaded
 from tests.tasks.tiny_model import make_tiny_model, tiny_frames
@@ -30,9 +30,9 @@ def exported(registry, tmp_path_factory) -> str:
     """A new version of the tiny model with its formats exported, as promotion does."""
     import mlflow
 
-    from tasks.export import export_version
-    from tasks.promotion import client
-    from tasks.tracking import log_model
+    from slmops.tasks.model.export import export_version
+    from slmops.tasks.registry.promotion import client
+    from slmops.tasks.registry.tracking import log_model
 
     root = tmp_path_factory.mktemp("export-project")
     _, val = tiny_frames()
@@ -127,7 +127,7 @@ def test_a_missing_format_falls_back_to_torch_with_a_warning(
     def unreachable(*args, **kwargs):
         raise OSError("registry down")
 
-    monkeypatch.setattr("serving.model_source._download_run_artifact", unreachable)
+    monkeypatch.setattr("slmops.serving.model_source._download_run_artifact", unreachable)
     with caplog.at_level("WARNING", logger="serving.model_source"):
         chosen = fetch_format(params, ref, folder, "onnx")
     assert chosen == {"format": "torch", "onnx_path": None, "warning": chosen["warning"]}

@@ -40,9 +40,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from serving.background import free_port
-from tasks.config import parse_params
-from tasks.feedback_store import FeedbackStore, NewPrediction, feedback_table, predictions_table
+from slmops.serving.background import free_port
+from slmops.tasks.core.config import parse_params
+from slmops.tasks.feedback.store import (
+    FeedbackStore,
+    NewPrediction,
+    feedback_table,
+    predictions_table,
+)
 from tests.conftest import TINY_LABELS
 from tests.serving.conftest import TOKEN, set_champion
 
@@ -241,7 +246,15 @@ def start_service(params_file: Path, port: int, log_file: Path) -> subprocess.Po
     env.pop("MLFLOW_TRACKING_URI", None)
     with log_file.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--params", str(params_file), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "slmops.serving",
+                "--params",
+                str(params_file),
+                "--port",
+                str(port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.__main__ import main
+from slmops.serving.__main__ import main
 
 
 def test_missing_params_file_exits_2_with_the_path(tmp_path, capsys):
@@ -25,8 +25,8 @@ def test_the_service_binds_loopback_by_default_and_never_logs_the_token(
 
     import uvicorn
 
-    import serving.app as app
-    from tasks.config import load_params
+    import slmops.serving.app as app
+    from slmops.tasks.core.config import load_params
     from tests.conftest import REPO
 
     secret = "sentinel-token-5f1c"

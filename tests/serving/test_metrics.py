@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.app import create_app
-from serving.metrics import ServiceMetrics
+from slmops.serving.app import create_app
+from slmops.serving.metrics import ServiceMetrics
 from tests.serving.conftest import auth, wait_until_loaded
 
 TEXTS = ["my card has not arrived yet", "what exchange rate do you use?", "top up failed"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from serving.app import ModelHolder
-from serving.model_source import (
+from slmops.serving.app import ModelHolder
+from slmops.serving.model_source import (
     MARKER,
     LoadedModel,
     ModelRef,
@@ -21,7 +21,7 @@ from serving.model_source import (
     fetch_version,
     load_champion,
 )
-from tasks.config import with_overrides
+from slmops.tasks.core.config import with_overrides
 from tests.conftest import TINY_LABELS
 from tests.serving.conftest import set_champion
 
@@ -143,7 +143,7 @@ def test_a_failed_version_is_not_reloaded_on_every_poll(params, registry):
 
 
 def test_with_polling_off_a_failed_first_load_is_retried_until_served(params, registry):
-    from tasks.promotion import CHAMPION
+    from slmops.tasks.registry.promotion import CHAMPION
 
     source = RegistrySource(params)
     source.client.delete_registered_model_alias(registry.name, CHAMPION)
@@ -167,7 +167,7 @@ def test_with_polling_off_a_failed_first_load_is_retried_until_served(params, re
 
 
 def test_errors_mask_a_password_in_a_quoted_uri():
-    from serving.model_source import ModelSourceError, NoChampion
+    from slmops.serving.model_source import ModelSourceError, NoChampion
 
     for cls in (ModelSourceError, NoChampion):
         err = cls("registry unreachable: postgresql://mlflow:hunter2@db:5432/mlflow refused")

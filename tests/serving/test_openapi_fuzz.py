@@ -15,7 +15,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from serving.app import create_app
+from slmops.serving.app import create_app
 from tests.serving.conftest import auth, wait_until_loaded
 
 MAX_EXAMPLES = 25

@@ -127,7 +127,7 @@ def test_the_ephemeral_prefect_server_gets_time_to_start(preset, expected):
 def test_next_steps_name_the_chosen_projects_paths(tiny_project, monkeypatch):
     """`slmops demo -p ner/params.yaml` pointed at the root project's data/labeled.dvc."""
     from slmops.cli import next_steps
-    from tasks.config import load_params
+    from slmops.tasks.core.config import load_params
 
     monkeypatch.chdir(tiny_project.parent)
     params = Path(tiny_project.name) / "params.yaml"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import load_params
-from tasks.versioning import track
+from slmops.tasks.core.config import load_params
+from slmops.tasks.data.versioning import track
 from tests.conftest import GIT_IDENTITY, dvc_project, run
 from tests.slmops.run_cli import cli
 from tests.snapshots import labeled_state

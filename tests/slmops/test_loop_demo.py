@@ -11,8 +11,8 @@ import yaml
 from rich.console import Console
 
 from slmops.loop_demo import _correct, _shown, run
-from tasks.errors import DataError
-from tasks.task_types import task_type
+from slmops.tasks.core.errors import DataError
+from slmops.tasks.task_types import task_type
 from tests.conftest import GIT_IDENTITY
 from tests.conftest import run as sh
 
@@ -34,9 +34,9 @@ def _console() -> tuple[Console, io.StringIO]:
 
 @pytest.mark.slow
 def test_the_loop_closes_on_an_ner_project(ner_project):
-    from flows.retrain import retrain
-    from tasks.config import load_params
-    from tasks.dataset import read_labeled
+    from slmops.flows.retrain import retrain
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import read_labeled
 
     params_path = ner_project / "params.yaml"
     raw = yaml.safe_load(params_path.read_text())

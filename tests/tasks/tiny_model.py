@@ -23,9 +23,9 @@ def make_tiny_model(
     """Write a 2-layer, 32-wide BERT (seeded random weights) and the MiniLM tokenizer.
 
     With ``labels`` it is a classifier with ``labels.json`` beside it, the layout
-    :class:`tasks.inference.Predictor` loads: a sequence classifier, or with
+    :class:`slmops.tasks.model.inference.Predictor` loads: a sequence classifier, or with
     ``task="token_classification"`` a token classifier whose ``labels`` are its
-    output tags (``tasks.ner.spans.tag_names(types)``); without, a bare
+    output tags (``slmops.tasks.task_types.token.spans.tag_names(types)``); without, a bare
     ``BertModel`` to use as ``base_model``.
     """
     from transformers import (
@@ -36,7 +36,7 @@ def make_tiny_model(
         BertModel,
     )
 
-    from tasks.inference import LABELS_FILE, resolve_base_model
+    from slmops.tasks.model.inference import LABELS_FILE, resolve_base_model
 
     dir = Path(dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
@@ -85,7 +85,7 @@ def tiny_frames(
 def read_wnut(name: str = "train", limit: int | None = None) -> pd.DataFrame:
     """The first ``limit`` sentences of a WNUT 2017 file as rows (``text``, ``label``
     span JSON): tokens joined by single spaces, entities from their BIO tags."""
-    from tasks.ner import spans as sp
+    from slmops.tasks.task_types.token import spans as sp
 
     rows: list[tuple[str, str]] = []
     tokens: list[tuple[str, str]] = []

@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer, BertConfig
 
-from tasks.config import TaskName
-from tasks.errors import DataError
-from tasks.inference import resolve_base_model
-from tasks.ner import spans as sp
-from tasks.task_types import (
+from slmops.tasks.core.config import TaskName
+from slmops.tasks.core.errors import DataError
+from slmops.tasks.model.inference import resolve_base_model
+from slmops.tasks.task_types import (
     TASK_TYPES,
     SequenceClassification,
     TaskType,
@@ -24,6 +23,7 @@ from tasks.task_types import (
     task_of,
     task_type,
 )
+from slmops.tasks.task_types.token import spans as sp
 from tests.tasks.tiny_model import WNUT_TYPES, tiny_ner_frames
 
 SEQ, TOKEN = TASK_TYPES[TaskName.sequence_classification], TASK_TYPES[TaskName.token_classification]

@@ -1,0 +1,539 @@
+"""The feedback store: every prediction the service makes, and what reviewers said about it.
+
+Three tables, through SQLAlchemy Core so that any SQLAlchemy URL works
+(SQLite by default, Postgres for teams):
+
+- ``predictions``: one row per answered text (the text, the answer, the model
+  version that gave it). Its id is what a client sends back with feedback.
+- ``feedback``: a reviewer's label for a prediction, a ``correction`` when it
+  differs from the predicted label, else a ``confirmation``. The pair
+  (prediction, label) is unique, so a client that retries a request creates
+  nothing new; a *different* label for the same prediction is a new row (a
+  second opinion, or a reviewer changing their mind), which the ingestion
+  step resolves.
+- ``ingest_watermark``: the highest feedback id each consumer has ingested.
+
+Ingestion is meant to be exactly-once: read :meth:`FeedbackStore.feedback_since`
+the consumer's watermark, write the rows into the labeled data idempotently
+(keyed by feedback id, so a crash between that write and the watermark update
+only re-reads rows it will recognise), then :meth:`FeedbackStore.set_watermark`
+to the largest id it ingested.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+from slmops.tasks.core.config import Params, TaskName
+from slmops.tasks.task_types import LabelError, TaskType, task_type
+
+log = logging.getLogger(__name__)
+
+FeedbackKind = Literal["correction", "confirmation"]
+
+# SQLite waits this long for another writer's lock instead of failing at once
+# with "database is locked" (the service and an ingestion run share the file).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# How many valid labels an UnknownLabel message lists (77 would drown the message).
+LABELS_SHOWN = 8
+
+metadata = sa.MetaData()
+
+predictions_table = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: unguessable, no round trip
+    sa.Column("text", sa.Text, nullable=False),
+    # Text: a token-classification label is span JSON, longer than a class name.
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("top_k", sa.JSON, nullable=False),
+    sa.Column("model_name", sa.String(255), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The review queue sorts on confidence and may filter on time.
+    sa.Index("ix_predictions_confidence", "confidence"),
+    sa.Index("ix_predictions_created_at", "created_at"),
+)
+
+feedback_table = sa.Table(
+    "feedback",
+    metadata,
+    # Monotonic ids are what the ingestion watermark counts on.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "prediction_id",
+        sa.String(32),
+        sa.ForeignKey("predictions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    # Not "user": that is a reserved word (and a function) in Postgres.
+    sa.Column("user_name", sa.String(255), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("prediction_id", "label", name="uq_feedback_prediction_label"),
+    sa.CheckConstraint("kind IN ('correction', 'confirmation')", name="ck_feedback_kind"),
+)
+
+watermark_table = sa.Table(
+    "ingest_watermark",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("last_feedback_id", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class FeedbackError(ValueError):
+    """Feedback that cannot be stored (the message says why)."""
+
+
+class UnknownPrediction(FeedbackError):
+    """Feedback names a prediction id the store has never seen."""
+
+    def __init__(self, prediction_id: str) -> None:
+        self.prediction_id = prediction_id
+        super().__init__(
+            f"unknown prediction id {prediction_id!r}: send the prediction_id that /predict "
+            "returned with the answer"
+        )
+
+
+class UnknownLabel(FeedbackError):
+    """Feedback gives a label outside the model's label set."""
+
+    def __init__(self, label: str, known_labels: Collection[str]) -> None:
+        self.label = label
+        self.known_labels = sorted(known_labels)
+        shown = ", ".join(self.known_labels[:LABELS_SHOWN])
+        more = len(self.known_labels) - LABELS_SHOWN
+        if more > 0:
+            shown += f", … ({more} more; GET /model lists them all)"
+        super().__init__(f"unknown label {label!r}; valid labels: {shown}")
+
+
+class InvalidLabel(FeedbackError):
+    """Feedback whose label does not fit the prediction's text (e.g. an entity span
+    cutting a word, or overlapping another)."""
+
+    def __init__(self, reason: str, known_labels: Collection[str]) -> None:
+        self.known_labels = sorted(known_labels)
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    """A prediction to record (the store gives it its id and time)."""
+
+    text: str
+    label: str
+    confidence: float
+    top_k: list[dict[str, Any]]
+    model_name: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """A stored prediction."""
+
+    id: str
+    text: str
+    label: str
+    confidence: float
+    top_k: list[dict[str, Any]]
+    model_name: str
+    model_version: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """A stored piece of feedback."""
+
+    id: int
+    prediction_id: str
+    label: str
+    kind: FeedbackKind
+    user: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """A feedback row joined with the prediction it is about (what ingestion reads)."""
+
+    id: int
+    prediction_id: str
+    text: str
+    label: str
+    kind: FeedbackKind
+    user: str | None
+    created_at: datetime
+    predicted_label: str
+    confidence: float
+    model_name: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far one consumer has ingested feedback."""
+
+    name: str
+    last_feedback_id: int
+    updated_at: datetime
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite keeps no time zone: values come back naive, but were written in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def _in_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:") or "mode=memory" in str(url.query)
+
+
+def resolve_url(db_url: str, root: Path) -> URL:
+    """The URL with a relative SQLite path made absolute against ``root``.
+
+    Other databases (Postgres by URL) pass through unchanged.
+    """
+    url = make_url(db_url)
+    if _is_sqlite(url) and not _in_memory(url):
+        path = Path(url.database).expanduser()
+        if not path.is_absolute():
+            path = (root / path).resolve()
+        url = url.set(database=str(path))
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (the review queue, ingestion) run while the service
+        # writes; busy_timeout turns lock contention into a short wait.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL syncs at checkpoints instead of every commit: a commit
+        # costs about 0.5 ms instead of 5 ms (an fsync) on the reference machine, and
+        # the service commits on every /predict. An application crash loses nothing;
+        # only an OS crash or power cut can roll back the last commits (never corrupt).
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # SQLite ignores foreign keys unless asked, per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def make_engine(db_url: str, root: Path) -> Engine:
+    """An engine on ``db_url``; for SQLite: parent folder created, WAL, busy timeout."""
+    url = resolve_url(db_url, root)
+    kwargs: dict[str, Any] = {"future": True}
+    if _is_sqlite(url):
+        if _in_memory(url):
+            # One shared connection, or every pooled connection would see its
+            # own empty in-memory database.
+            kwargs.update(poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False})
+        else:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # A server may close idle connections; test them before use.
+        kwargs["pool_pre_ping"] = True
+    engine = sa.create_engine(url, **kwargs)
+    if _is_sqlite(url):
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _prediction(row: sa.Row) -> PredictionRecord:
+    m = row._mapping
+    return PredictionRecord(
+        id=m["id"],
+        text=m["text"],
+        label=m["label"],
+        confidence=float(m["confidence"]),
+        top_k=list(m["top_k"]),
+        model_name=m["model_name"],
+        model_version=m["model_version"],
+        created_at=_utc(m["created_at"]),
+    )
+
+
+def _feedback(row: sa.Row) -> FeedbackRecord:
+    m = row._mapping
+    return FeedbackRecord(
+        id=int(m["id"]),
+        prediction_id=m["prediction_id"],
+        label=m["label"],
+        kind=m["kind"],
+        user=m["user_name"],
+        created_at=_utc(m["created_at"]),
+    )
+
+
+class FeedbackStore:
+    """Predictions, feedback and ingestion watermarks in one SQL database.
+
+    Thread-safe: every method takes its own connection from the engine's pool,
+    so the service can call it from its worker threads.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # Idempotent: creates missing tables only, never alters existing ones.
+        metadata.create_all(engine)
+
+    @classmethod
+    def from_params(cls, params: Params) -> FeedbackStore:
+        """The store at ``feedback.db_url`` (a relative SQLite path is under the project root)."""
+        return cls(make_engine(params.feedback.db_url, params.root))
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- predictions -------------------------------------------------------------------
+
+    def log_predictions(self, rows: Sequence[NewPrediction]) -> list[str]:
+        """Record predictions in one transaction; return their ids in input order."""
+        if not rows:
+            return []
+        now = _now()
+        values = [
+            {
+                "id": uuid.uuid4().hex,
+                "text": r.text,
+                "label": r.label,
+                "confidence": float(r.confidence),
+                "top_k": r.top_k,
+                "model_name": r.model_name,
+                "model_version": str(r.model_version),
+                "created_at": now,
+            }
+            for r in rows
+        ]
+        with self.engine.begin() as conn:
+            # A list of parameter sets is one executemany: one round trip per batch.
+            conn.execute(predictions_table.insert(), values)
+        return [v["id"] for v in values]
+
+    def get_prediction(self, prediction_id: str) -> PredictionRecord | None:
+        """The prediction with this id, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(predictions_table).where(predictions_table.c.id == prediction_id)
+            ).first()
+        return _prediction(row) if row is not None else None
+
+    # -- feedback ----------------------------------------------------------------------
+
+    def _find_feedback(self, conn: sa.Connection, prediction_id: str, label: str) -> sa.Row | None:
+        return conn.execute(
+            sa.select(feedback_table).where(
+                feedback_table.c.prediction_id == prediction_id, feedback_table.c.label == label
+            )
+        ).first()
+
+    def add_feedback(
+        self,
+        prediction_id: str,
+        label: str,
+        known_labels: Collection[str],
+        user: str | None = None,
+        *,
+        task: TaskType | None = None,
+    ) -> tuple[FeedbackRecord, bool]:
+        """Record a reviewer's label for a prediction; return the row and whether it is new.
+
+        ``task`` (default: sequence classification) checks the label against the
+        prediction's text and ``known_labels`` and gives its stored form. The
+        same (prediction, label) sent again returns the stored row and creates
+        nothing, so clients can retry safely. Raises :class:`UnknownPrediction`,
+        :class:`UnknownLabel` or :class:`InvalidLabel` before writing.
+        """
+        prediction = self.get_prediction(prediction_id)
+        if prediction is None:
+            raise UnknownPrediction(prediction_id)
+        task = task or task_type(TaskName.sequence_classification)
+        try:
+            label = task.canonical(prediction.text, label, known_labels)
+        except LabelError as exc:
+            if not task.per_token:  # one label per text: the only way to be wrong
+                raise UnknownLabel(label, known_labels) from None
+            raise InvalidLabel(str(exc), known_labels) from None
+        with self.engine.connect() as conn:
+            existing = self._find_feedback(conn, prediction_id, label)
+        if existing is not None:
+            return _feedback(existing), False
+        kind: FeedbackKind = "confirmation" if label == prediction.label else "correction"
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(
+                    feedback_table.insert().values(
+                        prediction_id=prediction_id,
+                        label=label,
+                        kind=kind,
+                        user_name=user,
+                        created_at=_now(),
+                    )
+                ).inserted_primary_key[0]
+                row = conn.execute(
+                    sa.select(feedback_table).where(feedback_table.c.id == new_id)
+                ).one()
+            return _feedback(row), True
+        except IntegrityError:
+            # Two identical requests raced past the lookup above; the unique
+            # constraint let one in, so this one is the repeat.
+            with self.engine.connect() as conn:
+                existing = self._find_feedback(conn, prediction_id, label)
+            if existing is None:
+                raise
+            return _feedback(existing), False
+
+    def review_queue(self, limit: int, since: datetime | None = None) -> list[PredictionRecord]:
+        """Predictions nobody has given feedback on yet, least confident first.
+
+        Those are where a reviewer's label teaches the model most. ``since``
+        keeps only predictions made at or after that time; among equal
+        confidences the most recent comes first.
+        """
+        has_feedback = sa.exists().where(feedback_table.c.prediction_id == predictions_table.c.id)
+        query = sa.select(predictions_table).where(~has_feedback)
+        if since is not None:
+            query = query.where(predictions_table.c.created_at >= since.astimezone(UTC))
+        query = query.order_by(
+            predictions_table.c.confidence.asc(), predictions_table.c.created_at.desc()
+        ).limit(limit)
+        with self.engine.connect() as conn:
+            return [_prediction(r) for r in conn.execute(query)]
+
+    def feedback_since(
+        self, last_id: int, limit: int | None = None, settle_seconds: float = 0.0
+    ) -> list[FeedbackItem]:
+        """Feedback with id above ``last_id``, oldest first, each with its prediction's text.
+
+        The list stops before the first row younger than ``settle_seconds``.
+        On a database with concurrent writers (Postgres) ids can commit out of
+        order: a slower transaction may still be writing id 10 when id 11 is
+        visible. Setting the watermark to 11 would skip 10 forever, so a
+        consumer there passes a few seconds of settling. SQLite serialises
+        writers, so ids always commit in order and 0 is safe.
+        """
+        f, p = feedback_table, predictions_table
+        query = (
+            sa.select(
+                f.c.id,
+                f.c.prediction_id,
+                p.c.text,
+                f.c.label,
+                f.c.kind,
+                f.c.user_name,
+                f.c.created_at,
+                p.c.label.label("predicted_label"),
+                p.c.confidence,
+                p.c.model_name,
+                p.c.model_version,
+            )
+            .join(p, p.c.id == f.c.prediction_id)
+            .where(f.c.id > last_id)
+            .order_by(f.c.id.asc())
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        cutoff = _now() - timedelta(seconds=settle_seconds) if settle_seconds > 0 else None
+        items: list[FeedbackItem] = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                m = row._mapping
+                created = _utc(m["created_at"])
+                if cutoff is not None and created > cutoff:
+                    break  # stop, not skip: the watermark must never pass an unsettled row
+                items.append(
+                    FeedbackItem(
+                        id=int(m["id"]),
+                        prediction_id=m["prediction_id"],
+                        text=m["text"],
+                        label=m["label"],
+                        kind=m["kind"],
+                        user=m["user_name"],
+                        created_at=created,
+                        predicted_label=m["predicted_label"],
+                        confidence=float(m["confidence"]),
+                        model_name=m["model_name"],
+                        model_version=m["model_version"],
+                    )
+                )
+        return items
+
+    # -- ingestion watermark -----------------------------------------------------------
+
+    def get_watermark(self, name: str) -> Watermark | None:
+        """How far consumer ``name`` has ingested, or None if it never has (start from 0)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(watermark_table).where(watermark_table.c.name == name)
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return Watermark(m["name"], int(m["last_feedback_id"]), _utc(m["updated_at"]))
+
+    def set_watermark(self, name: str, last_id: int) -> Watermark:
+        """Record that consumer ``name`` has ingested every feedback id up to ``last_id``.
+
+        Its own transaction, committed before returning: call it only after the
+        ingested rows are safely written elsewhere. Moving a watermark backwards
+        is allowed (to re-ingest on purpose).
+        """
+        now = _now()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                watermark_table.update()
+                .where(watermark_table.c.name == name)
+                .values(last_feedback_id=int(last_id), updated_at=now)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    watermark_table.insert().values(
+                        name=name, last_feedback_id=int(last_id), updated_at=now
+                    )
+                )
+        return Watermark(name, int(last_id), now)
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of predictions and feedback (for status pages and tests)."""
+        with self.engine.connect() as conn:
+            return {
+                "predictions": conn.execute(
+                    sa.select(sa.func.count()).select_from(predictions_table)
+                ).scalar_one(),
+                "feedback": conn.execute(
+                    sa.select(sa.func.count()).select_from(feedback_table)
+                ).scalar_one(),
+            }

@@ -1,1 +1,0 @@
-"""Named-entity recognition (token classification): spans, BIO tags and their files."""

@@ -1,0 +1,238 @@
+"""The challenger's life before the gate: train, evaluate, log and register it.
+
+These are the steps the dvc stages (``train``, ``evaluate``), the CLI and the
+``retrain`` flow all call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmops.tasks.core.config import Params
+from slmops.tasks.core.errors import DataError
+from slmops.tasks.data.dataset import (
+    LabeledPaths,
+    load_label_set,
+    read_table,
+    read_test,
+    write_json_atomic,
+)
+from slmops.tasks.data.versioning import data_hash
+from slmops.tasks.model.evaluate import METRICS_FILE, REPORT_FILE, EvalResult, evaluate_model
+from slmops.tasks.registry.tracking import (
+    actor,
+    configure,
+    flatten,
+    git_commit,
+    log_dataset,
+    log_model,
+    register,
+)
+from slmops.tasks.task_types import task_type
+
+log = logging.getLogger(__name__)
+
+TRAINING_FILE = "training.json"  # beside the model: history and settings of its training run
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A challenger logged to MLflow and registered as a model version."""
+
+    run_id: str
+    version: str
+    model_uri: str
+
+
+def _splits(params: Params):
+    folder = params.path(params.data.splits_dir)
+    if not (folder / "train.csv").exists():
+        raise DataError(f"{folder}: no train/val split; run `slmops split` (or the flow) first")
+    return read_table(folder / "train.csv"), read_table(folder / "val.csv")
+
+
+def model_digest(model_dir: Path) -> str:
+    """sha256 of the model's config, labels and weights: names what an evaluation evaluated."""
+    h = hashlib.sha256()
+    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]
+    files += [f for f in (model_dir / "labels.json",) if f.exists()]
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def data_versions(params: Params) -> dict[str, str]:
+    """DVC hashes of the labeled data and the test split (empty when not tracked)."""
+    paths = LabeledPaths(params)
+    out = {}
+    for key, folder in (("labeled", paths.dir), ("test", paths.test_dir)):
+        try:
+            out[key] = data_hash(folder)
+        except DataError:
+            out[key] = ""
+    return out
+
+
+def train_challenger(
+    params: Params, *, progress: bool = True, on_epoch: Callable[[dict], None] | None = None
+):
+    """Fine-tune the base model on the train split; the model lands in ``train.output_dir``."""
+    train, val = _splits(params)
+    result = task_type(params).train(
+        train,
+        val,
+        load_label_set(params),
+        params.train,
+        params.path(params.train.output_dir),
+        params.path(params.train.checkpoint_dir),
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    if result.rank != 0:
+        return result  # one of several training processes: rank 0 writes the record
+    write_json_atomic(
+        {
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "device": result.device,
+            "precision": result.precision,
+            "train_examples": result.train_examples,
+            "seconds": round(result.seconds, 1),
+            "params": result.params,
+            "data": data_versions(params),
+        },
+        result.model_dir / TRAINING_FILE,
+    )
+    return result
+
+
+def evaluate_challenger(params: Params, model_dir: Path | None = None) -> EvalResult:
+    """Evaluate the trained model on the frozen test split into ``evaluate.output_dir``."""
+    from slmops.tasks.model.inference import Predictor
+
+    model_dir = model_dir or params.path(params.train.output_dir)
+    if not (model_dir / "config.json").exists():
+        raise DataError(f"{model_dir}: no trained model; run `slmops train` first")
+    predictor = Predictor.from_dir(
+        model_dir,
+        device=params.train.device,
+        precision=params.train.precision,
+        num_threads=params.train.num_threads,
+    )
+    _, val = _splits(params)
+    return evaluate_model(
+        predictor,
+        read_test(params),
+        params.evaluate,
+        params.path(params.evaluate.output_dir),
+        val=val,
+        model=model_digest(model_dir),
+    )
+
+
+def register_challenger(
+    params: Params, *, trigger: str = "cli", run_name: str | None = None
+) -> Registered:
+    """Log the trained, evaluated challenger as an MLflow run and register a new version.
+
+    The run records params, per-epoch metrics, test metrics, the DVC hashes of
+    the training and test data, the git commit, the evaluation files and the
+    model (transformers flavour, safetensors) with a signature and input example.
+    """
+    import mlflow
+
+    model_dir = params.path(params.train.output_dir)
+    eval_dir = params.path(params.evaluate.output_dir)
+    try:
+        training = json.loads((model_dir / TRAINING_FILE).read_text())
+        metrics: dict[str, Any] = json.loads((eval_dir / METRICS_FILE).read_text())
+        evaluated = json.loads((eval_dir / REPORT_FILE).read_text()).get("model")
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc.filename}: missing; train and evaluate before registering") from None
+    if evaluated != model_digest(model_dir):
+        # An evaluation of an earlier model, or one killed before it wrote report.json.
+        raise DataError(
+            f"{eval_dir}: the evaluation is not of the model in {model_dir} "
+            "(evaluation interrupted, or the model was retrained since); "
+            "run `slmops evaluate` before registering"
+        )
+    data = training.get("data") or data_versions(params)
+    if data != data_versions(params):
+        raise DataError(
+            f"{model_dir}: trained on data {data} but the workspace has {data_versions(params)}; "
+            "retrain before registering"
+        )
+    commit = git_commit(params.root)
+    configure(params)
+    train, _ = _splits(params)
+    test = read_test(params)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(
+            {
+                "git.commit": commit,
+                "data.labeled_hash": data["labeled"],
+                "data.test_hash": data["test"],
+                "trigger": trigger,
+                "actor": actor(),
+                "device": training["device"],
+                "precision": training["precision"],
+            }
+        )
+        mlflow.log_params(flatten("train", training["params"]))
+        mlflow.log_params(flatten("evaluate", params.evaluate.model_dump(mode="json")))
+        for row in training["history"]:
+            epoch = int(row["epoch"])
+            mlflow.log_metrics(
+                {k: float(v) for k, v in row.items() if k != "epoch" and v is not None}, step=epoch
+            )
+        mlflow.log_metrics(
+            {(k if k.startswith("test_") else f"test_{k}"): float(v) for k, v in metrics.items()}
+        )
+        mlflow.log_metrics({"train_seconds": float(training["seconds"])})
+        log_dataset(
+            train,
+            name="labeled",
+            source=params.data.labeled_dir,
+            digest=data["labeled"],
+            context="training",
+        )
+        log_dataset(
+            test,
+            name="test",
+            source=params.data.test_dir,
+            digest=data["test"],
+            context="evaluation",
+        )
+        mlflow.log_artifacts(str(eval_dir), artifact_path="eval")
+        mlflow.log_artifact(str(model_dir / TRAINING_FILE))
+        task = task_type(params)
+        info = log_model(model_dir, input_example=test["text"].head(2).tolist(), task=task)
+        version = register(
+            info.model_uri,
+            params.registry.model_name,
+            tags={
+                "data.labeled_hash": data["labeled"],
+                "data.test_hash": data["test"],
+                "git.commit": commit,
+                "metrics.accuracy": str(metrics["accuracy"]),
+                "metrics.macro_f1": str(metrics["macro_f1"]),
+                **({"metrics.f1": str(metrics["f1"])} if "f1" in metrics else {}),
+                "task": task.name.value,
+                "gate.decision": "pending",
+            },
+        )
+    log.info(
+        "registered %s version %s (run %s)", params.registry.model_name, version, run.info.run_id
+    )
+    return Registered(run.info.run_id, version, info.model_uri)

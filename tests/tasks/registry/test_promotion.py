@@ -1,0 +1,141 @@
+"""Promotion against a real (embedded) MLflow registry, with crafted evaluations."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slmops.tasks.core.config import parse_params
+from slmops.tasks.model.metrics import classification_report
+from slmops.tasks.registry import ledger
+from slmops.tasks.registry.promotion import (
+    CHAMPION,
+    PREVIOUS,
+    PromotionError,
+    alias_version,
+    apply,
+    client,
+    rollback,
+    versions_table,
+)
+
+LABELS = ["a", "b", "c"]
+
+
+@pytest.fixture
+def params(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = {"gate": {"min_accuracy": 0.6, "min_macro_f1": 0.5, "alpha": 0.05}}
+    return parse_params(raw, tmp_path / "params.yaml", root=tmp_path)
+
+
+def add_version(params, correct: np.ndarray, tmp_path: Path, test_hash: str = "t1") -> str:
+    """Register a version whose run holds an evaluation with the given correctness."""
+    import mlflow
+
+    y = np.array([LABELS[i % 3] for i in range(len(correct))])
+    pred = np.where(correct, y, np.roll(y, 1))
+    probs = np.full((len(y), 3), 0.1)
+    probs[np.arange(len(y)), [LABELS.index(p) for p in pred]] = 0.8
+    report = classification_report(list(y), probs, LABELS)
+    report["metrics"] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+    folder = tmp_path / f"eval-{len(list(tmp_path.glob('eval-*')))}"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps(report))
+    pd.DataFrame({"text": [f"t{i}" for i in range(len(y))], "label": y, "pred": pred}).to_csv(
+        folder / "predictions.csv", index=False
+    )
+    mc = client(params)
+    name = params.registry.model_name
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), artifact_path="eval")
+    if not mc.search_registered_models(f"name='{name}'"):
+        mc.create_registered_model(name)
+    mv = mc.create_model_version(
+        name,
+        source=f"runs:/{run.info.run_id}/eval",
+        run_id=run.info.run_id,
+        tags={
+            "data.test_hash": test_hash,
+            "metrics.accuracy": str(report["accuracy"]),
+            "metrics.macro_f1": str(report["macro_f1"]),
+        },
+    )
+    return str(mv.version)
+
+
+def correctness(n: int, wrong: int, seed: int = 0) -> np.ndarray:
+    c = np.ones(n, dtype=bool)
+    c[np.random.default_rng(seed).choice(n, wrong, replace=False)] = False
+    return c
+
+
+def test_first_model_is_promoted_when_it_passes_the_floors(params, tmp_path):
+    v1 = add_version(params, correctness(300, 60), tmp_path)
+    decision, promoted = apply(params, v1)
+    assert promoted and decision.promote
+    assert alias_version(client(params), params.registry.model_name, CHAMPION) == v1
+    entry = ledger.read(params.path(params.registry.ledger))[-1]
+    assert entry["version"] == v1 and entry["promoted"] and entry["champion_before"] is None
+
+
+def test_weaker_challenger_is_refused_and_the_champion_stays(params, tmp_path):
+    v1 = add_version(params, correctness(300, 30), tmp_path)
+    apply(params, v1)
+    v2 = add_version(params, correctness(300, 100, seed=1), tmp_path)
+    decision, promoted = apply(params, v2)
+    assert not promoted
+    assert decision.reasons
+    name = params.registry.model_name
+    assert alias_version(client(params), name, CHAMPION) == v1
+    assert client(params).get_model_version(name, v2).tags["gate.decision"] == "refused"
+    entries = ledger.read(params.path(params.registry.ledger))
+    assert [e["promoted"] for e in entries] == [True, False]
+    assert entries[-1]["metrics"]["champion"]["accuracy"] == pytest.approx(0.9)
+
+
+def test_clearly_better_challenger_is_promoted_and_previous_kept(params, tmp_path):
+    v1 = add_version(params, correctness(300, 90), tmp_path)
+    apply(params, v1)
+    better = correctness(300, 90)
+    better[~better] = np.arange((~better).sum()) % 3 != 0  # fixes 2 of every 3 errors
+    v2 = add_version(params, better, tmp_path)
+    decision, promoted = apply(params, v2)
+    assert promoted, decision.reasons
+    mc = client(params)
+    name = params.registry.model_name
+    assert alias_version(mc, name, CHAMPION) == v2
+    assert alias_version(mc, name, PREVIOUS) == v1
+
+
+def test_force_promotes_a_refused_version_and_rollback_undoes_it(params, tmp_path):
+    v1 = add_version(params, correctness(300, 30), tmp_path)
+    apply(params, v1)
+    v2 = add_version(params, correctness(300, 100, seed=1), tmp_path)
+    _, promoted = apply(params, v2, force=True, action="manual")
+    assert promoted
+    entry = rollback(params, reason="bad release")
+    mc = client(params)
+    name = params.registry.model_name
+    assert alias_version(mc, name, CHAMPION) == v1
+    assert (entry["champion_before"], entry["champion_after"]) == (v2, v1)
+    actions = [e["action"] for e in ledger.read(params.path(params.registry.ledger))]
+    assert actions == ["gate", "force-promote", "rollback"]
+    table = versions_table(params)
+    assert table.set_index("version").loc[int(v1), "aliases"] == CHAMPION
+
+
+def test_models_on_different_test_splits_are_not_compared(params, tmp_path):
+    v1 = add_version(params, correctness(300, 30), tmp_path, test_hash="t1")
+    apply(params, v1)
+    v2 = add_version(params, correctness(300, 10), tmp_path, test_hash="t2")
+    with pytest.raises(PromotionError, match="same frozen test rows"):
+        apply(params, v2)
+
+
+def test_rollback_without_previous_is_a_clear_error(params, tmp_path):
+    apply(params, add_version(params, correctness(300, 30), tmp_path))
+    with pytest.raises(PromotionError, match="nothing to roll back to"):
+        rollback(params)
