@@ -1,7 +1,7 @@
 """Prefect flow ``ingest_feedback``: corrections from the service → labeled data → retrain.
 
 Reads the feedback after the watermark, merges it into the labeled data as a
-new DVC version (gate, conflicts, provenance; see ``tasks/feedback_ingest``),
+new DVC version (gate, conflicts, provenance; see ``tasks/feedback/ingest.py``),
 records the champion's live accuracy, and triggers ``retrain`` when a
 threshold is crossed: as a run of the ``retrain`` deployment when the Prefect
 API has one (a server with ``make deploy``), else as a subflow.
@@ -14,17 +14,18 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from slmops.flows.retrain import retrain
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.config import load_params
 from slmops.tasks.feedback.ingest import (
     RETRAIN_MARK,
     IngestResult,
-    ingest_feedback,
     labels_since_retrain,
     retrain_reason,
     watermark,
 )
 from slmops.tasks.feedback.store import FeedbackStore
+from slmops.tasks.pipeline.prepare import ingest_feedback
 from slmops.tasks.registry.tracking import record_live_accuracy
 
 
@@ -72,8 +73,6 @@ def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str
         logger.info("started a run of deployment %s (%s): %s", name, run.id, reason)
         return {"mode": "deployment", "flow_run_id": str(run.id)}
     logger.info("no deployment %s on this Prefect API: retraining as a subflow", name)
-    from slmops.flows.retrain import retrain
-
     result = retrain(params_path=params_path, profile=profile, trigger="feedback")
     return {"mode": "subflow", **{k: result[k] for k in ("version", "promoted", "decision")}}
 

@@ -11,9 +11,7 @@ from prefect import get_run_logger
 
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.data.split import write_splits
-from slmops.tasks.labels.importer import import_pending
-from slmops.tasks.validation.gate import run_gate
+from slmops.tasks.pipeline.prepare import import_pending, run_gate, write_splits
 
 import_pending_task = step(import_pending, name="import-pending-labels")
 split_task = step(write_splits, name="split")

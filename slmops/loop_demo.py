@@ -13,14 +13,16 @@ import secrets
 import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 from rich.console import Console
 
+from slmops.flows.ingest_feedback import ingest_feedback_flow
 from slmops.serving.background import free_port, serve_in_thread
 from slmops.tasks.core.config import load_params, with_overrides
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.task_types import TaskType, task_type
-from slmops.tasks.task_types.token.spans import loads
+from slmops.tasks.registry.promotion import CHAMPION, alias_version, client
+from slmops.tasks.task_types import task_type
 
 EXAMPLES = Path("data/examples/feedback_demo.csv")
 PROFILE = "loop-demo"  # params.yaml profile: a retrain threshold the example batch crosses
@@ -28,11 +30,6 @@ PROFILE = "loop-demo"  # params.yaml profile: a retrain threshold the example ba
 
 def run(params_path: Path, out: Console, port: int | None = None) -> None:
     """Run the loop demo against the project at ``params_path`` (see module doc)."""
-    import httpx
-
-    from slmops.flows.ingest_feedback import ingest_feedback_flow
-    from slmops.tasks.registry.promotion import CHAMPION, alias_version, client
-
     params = load_params(params_path, PROFILE)
     task = task_type(params)
     name = params.registry.model_name
@@ -58,7 +55,7 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
             body = {"prediction_id": answer["prediction_id"], "user": "demo"}
             r = httpx.post(
                 f"{url}/feedback",
-                json=body | _correct(task, truth),
+                json=body | {task.feedback_field: task.feedback_answer(truth)},
                 headers=headers,
                 timeout=10,
             )
@@ -95,20 +92,5 @@ def run(params_path: Path, out: Console, port: int | None = None) -> None:
         answer = answer["predictions"][0]
         out.print(
             f"[bold]5. serving[/] version {model['version']} (champion before: {before}, "
-            f"after: {after}); {sample!r} → {_shown(task, answer)}"
+            f"after: {after}); {sample!r} → {task.shown(answer)}"
         )
-
-
-def _correct(task: TaskType, truth: str) -> dict:
-    """The feedback field that gives ``truth`` (a labeled.csv cell) as the right answer."""
-    if task.per_token:
-        return {"entities": [{"start": s, "end": e, "label": t} for s, e, t in loads(truth)]}
-    return {"label": truth}
-
-
-def _shown(task: TaskType, answer: dict) -> str:
-    """One /predict answer, for the console."""
-    if task.per_token:
-        found = [f"{e['text']!r} {e['label']} ({e['score']:.2f})" for e in answer["entities"]]
-        return ", ".join(found) or "no entities"
-    return f"{answer['label']} ({answer['confidence']:.2f})"

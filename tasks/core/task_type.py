@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from slmops.tasks.core.config import Params, TaskName
+from slmops.tasks.core.config import EvalConfig, Params, TaskName
 
 if TYPE_CHECKING:
-    from slmops.tasks.labels.sources import VoteTable
-    from slmops.tasks.model.evaluate import EvalResult
+    from slmops.tasks.labels.sources import LabelFormat, VoteTable
+    from slmops.tasks.model.evaluate import Predictions, TaskReport
     from slmops.tasks.validation.gate import ValidationResult
 
 NO_ENTITY = "(no entity)"  # what a text without entities counts as in label statistics
@@ -26,6 +26,11 @@ class LabelError(ValueError):
     def __init__(self, reason: str, known: Collection[str] = ()) -> None:
         super().__init__(reason)
         self.known = sorted(known)
+
+
+class UnknownClass(LabelError):
+    """A label cell that is one class, outside the label set (the cell is just wrong,
+    not malformed)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,32 @@ class TaskType(ABC):
         cell to match."""
         return text.strip(), cell
 
+    # -- feedback: what a reviewer sends ------------------------------------------------
+
+    #: the field of a ``POST /feedback`` body that carries a reviewer's answer, and
+    #: what it holds, in words (for the error that names the wrong field)
+    feedback_field: ClassVar[str] = "label"
+    feedback_shape: ClassVar[str] = "a string"
+
+    def feedback_cell(self, answer: Any) -> str:
+        """The label cell of a reviewer's answer (the feedback field's JSON value);
+        :meth:`canonical` then checks it and gives its stored form."""
+        return str(answer)
+
+    def feedback_answer(self, cell: str) -> Any:
+        """The feedback field's value that gives the label cell ``cell`` as the right
+        answer (the inverse of :meth:`feedback_cell`)."""
+        return cell
+
+    def shown(self, answer: dict[str, Any]) -> str:
+        """One ``/predict`` answer in a line, for a console."""
+        return f"{answer['label']} ({answer['confidence']:.2f})"
+
     # -- data -------------------------------------------------------------------------
+
+    #: export formats this type reads besides the ones every type reads
+    #: (:class:`~slmops.tasks.labels.sources.LabelFormat` entries)
+    label_formats: ClassVar[tuple[LabelFormat, ...]] = ()
 
     @abstractmethod
     def read_seed(self, params: Params, rel: str) -> VoteTable:
@@ -116,7 +146,7 @@ class TaskType(ABC):
 
     def auto_class(self):
         """The transformers auto class that loads and fine-tunes models of this type."""
-        import transformers
+        import transformers  # heavy: loaded only when a model is built
 
         return getattr(transformers, self.model_class)
 
@@ -155,12 +185,6 @@ class TaskType(ABC):
     ) -> ValScorer:
         """What collects the validation predictions of one epoch into :attr:`val_metrics`."""
 
-    def train(self, train: pd.DataFrame, val: pd.DataFrame, label_set: list[str], *a, **kw):
-        """Fine-tune the base model (see :func:`tasks.model.train.train_model`)."""
-        from slmops.tasks.model.train import train_model
-
-        return train_model(train, val, label_set, *a, task=self, **kw)
-
     # -- model: evaluation, export, serving ----------------------------------------------
 
     #: the one figure the serving formats are compared by (export), and its key in
@@ -169,14 +193,26 @@ class TaskType(ABC):
     eval_metric: ClassVar[str]
 
     @abstractmethod
-    def evaluate(self, predictor: Any, test: pd.DataFrame, *a, **kw) -> EvalResult:
-        """Evaluate a predictor on the test split into the report files (see
-        :func:`tasks.model.evaluate.evaluate_model`)."""
+    def eval_predictions(self, predictor: Any, df: pd.DataFrame, batch_size: int) -> Predictions:
+        """The predictor's answers for the rows of ``df`` (``text``, ``label``, maybe
+        ``source``): the rows of ``predictions.csv`` and what :meth:`eval_report` reads
+        (see :func:`slmops.tasks.model.evaluate.evaluate_model`)."""
+
+    @abstractmethod
+    def eval_report(
+        self,
+        test: Predictions,
+        val: Predictions | None,
+        outputs: list[str],
+        cfg: EvalConfig,
+    ) -> TaskReport:
+        """This task's figures for the test predictions (source slices from ``val``'s,
+        when given) of a model with these ``outputs``."""
 
     @abstractmethod
     def predict_call(self, predictor: Any) -> Callable[..., Any]:
-        """The predictor's method that answers a list of texts (``batch_size=``
-        keyword), the answer users get: what latency is timed on."""
+        """What answers a list of texts (``batch_size=`` keyword) with ``predictor``, the
+        answer users get (decoding included): what latency is timed on."""
 
     @abstractmethod
     def format_score(self, predictor: Any, test: pd.DataFrame, batch_size: int = 128) -> float:
@@ -198,28 +234,3 @@ class ValScorer(ABC):
     @abstractmethod
     def result(self) -> dict[str, float | None]:
         """The task's :attr:`TaskType.val_metrics` over every row added."""
-
-
-def predict_proba_by_length(predictor: Any, texts: Sequence[str], chunk: int) -> np.ndarray:
-    """``predictor.predict_proba(texts)``, in chunks of ``chunk`` texts of similar length.
-
-    A forward pass pads every text to the longest one in it; a micro-batch mixes
-    texts of 3 and 60 tokens. Sorting by characters (a close proxy for tokens)
-    and cutting into chunks costs one more call per chunk but far less padding:
-    measured on MiniLM (1 thread, test-split texts), 32 texts in chunks of 8 or 16
-    took 0.5 to 0.7x the time of one 32-text pass, which itself padded so much
-    that it was barely faster per text than batches of 8.
-    """
-    texts = list(texts)
-    if len(texts) <= chunk:
-        return predictor.predict_proba(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: np.ndarray | None = None
-    for start in range(0, len(order), chunk):
-        idx = order[start : start + chunk]
-        probs = predictor.predict_proba([texts[i] for i in idx])
-        if out is None:
-            out = np.empty((len(texts), probs.shape[1]), dtype=probs.dtype)
-        out[idx] = probs
-    assert out is not None
-    return out

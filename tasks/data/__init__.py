@@ -1,0 +1,2 @@
+"""The labeled dataset and the frozen test split: files, the train/validation split,
+DVC versions."""

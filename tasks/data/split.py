@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from slmops.tasks.core.config import Params, TaskName
+from slmops.tasks.core.config import Params
+from slmops.tasks.core.task_type import TaskType
 from slmops.tasks.data.dataset import read_labeled, write_csv_atomic
-from slmops.tasks.task_types import task_type
 
 
 @dataclass(frozen=True)
@@ -22,21 +20,12 @@ class SplitSummary:
     val_path: Path
 
 
-def split_frame(
-    df: pd.DataFrame,
-    val_fraction: float,
-    seed: int,
-    task: TaskName = TaskName.sequence_classification,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The task type's split: for classification ``val_fraction`` of each class (rounded),
-    a class too small to spare a row staying in train. Deterministic for a given seed."""
-    return task_type(task).split_frame(df, val_fraction, seed)
-
-
-def write_splits(params: Params) -> SplitSummary:
-    """Split the labeled data into ``data/splits/train.csv`` and ``val.csv``."""
+def write_splits(params: Params, task: TaskType) -> SplitSummary:
+    """Split the labeled data into ``data/splits/train.csv`` and ``val.csv``: the task
+    type's split (for classification ``val_fraction`` of each class, rounded; a class too
+    small to spare a row stays in train), deterministic for a given seed."""
     df = read_labeled(params)
-    train, val = split_frame(df, params.split.val_fraction, params.split.seed, params.task)
+    train, val = task.split_frame(df, params.split.val_fraction, params.split.seed)
     out = params.path(params.data.splits_dir)
     write_csv_atomic(train, out / "train.csv")
     write_csv_atomic(val, out / "val.csv")

@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from slmops.tasks.core.config import Params, TaskName
+from slmops.tasks.core.config import Params
+from slmops.tasks.core.task_type import TaskType
 from slmops.tasks.data.dataset import LabeledPaths, read_labeled, read_table
 from slmops.tasks.data.versioning import data_hash, track
 from slmops.tasks.feedback.store import FeedbackItem, FeedbackStore
 from slmops.tasks.labels.importer import ImportSummary, merge_votes
 from slmops.tasks.labels.sources import VoteTable
-from slmops.tasks.task_types import TaskType, task_type
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,12 @@ def live_accuracy(feedback: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def votes_from_feedback(feedback: pd.DataFrame, task: TaskType | None = None) -> VoteTable:
+def votes_from_feedback(feedback: pd.DataFrame, task: TaskType) -> VoteTable:
     """One vote per feedback row; anonymous feedback votes once per prediction.
 
-    Texts lose surrounding whitespace as all labeled texts do; ``task`` (default:
-    sequence classification) moves the label with them (entity offsets).
+    Texts lose surrounding whitespace as all labeled texts do; ``task`` moves the label
+    with them (entity offsets).
     """
-    task = task or task_type(TaskName.sequence_classification)
     annotator = feedback["user"].where(
         feedback["user"].notna() & (feedback["user"].astype(str).str.strip() != ""),
         "prediction:" + feedback["prediction_id"].astype(str),
@@ -185,7 +184,12 @@ def _message(first: int, last: int, summary: ImportSummary | None, live: dict) -
 
 
 def ingest_feedback(
-    params: Params, store: FeedbackStore, *, now: datetime | None = None, limit: int | None = None
+    params: Params,
+    store: FeedbackStore,
+    task: TaskType,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
 ) -> IngestResult:
     """Merge the feedback after the watermark into the labeled data (see module doc)."""
     now = now or datetime.now(UTC)
@@ -204,8 +208,9 @@ def ingest_feedback(
     summary = None
     if len(todo):
         summary = merge_votes(
-            votes_from_feedback(todo, task_type(params)),
+            votes_from_feedback(todo, task),
             params,
+            task,
             source=f"feedback {first}-{last}",
             batch_id=f"feedback-{first}-{last}",
             kind=FEEDBACK_KIND,

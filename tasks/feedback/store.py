@@ -34,8 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
-from slmops.tasks.core.config import Params, TaskName
-from slmops.tasks.task_types import LabelError, TaskType, task_type
+from slmops.tasks.core.config import Params
+from slmops.tasks.core.task_type import LabelError, TaskType, UnknownClass
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +367,11 @@ class FeedbackStore:
         known_labels: Collection[str],
         user: str | None = None,
         *,
-        task: TaskType | None = None,
+        task: TaskType,
     ) -> tuple[FeedbackRecord, bool]:
         """Record a reviewer's label for a prediction; return the row and whether it is new.
 
-        ``task`` (default: sequence classification) checks the label against the
+        ``task`` (the served model's type) checks the label against the
         prediction's text and ``known_labels`` and gives its stored form. The
         same (prediction, label) sent again returns the stored row and creates
         nothing, so clients can retry safely. Raises :class:`UnknownPrediction`,
@@ -380,12 +380,11 @@ class FeedbackStore:
         prediction = self.get_prediction(prediction_id)
         if prediction is None:
             raise UnknownPrediction(prediction_id)
-        task = task or task_type(TaskName.sequence_classification)
         try:
             label = task.canonical(prediction.text, label, known_labels)
+        except UnknownClass:
+            raise UnknownLabel(label, known_labels) from None
         except LabelError as exc:
-            if not task.per_token:  # one label per text: the only way to be wrong
-                raise UnknownLabel(label, known_labels) from None
             raise InvalidLabel(str(exc), known_labels) from None
         with self.engine.connect() as conn:
             existing = self._find_feedback(conn, prediction_id, label)

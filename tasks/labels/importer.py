@@ -1,6 +1,6 @@
 """Label import: an annotation export becomes a new version of the labeled data.
 
-Parse (``label_sources``) → vote → check labels → merge with the labeled data
+Parse (:mod:`.sources`) → vote → check labels → merge with the labeled data
 → gate → write → ``dvc add``. Everything is checked before anything is
 written, so a rejected export leaves the labeled data as it was.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 
 from slmops.tasks.core.config import Params
 from slmops.tasks.core.errors import DataError
+from slmops.tasks.core.task_type import LabelError, TaskType
 from slmops.tasks.data.dataset import (
     CORRECTION_COLUMNS,
     LABELED_COLUMNS,
@@ -32,8 +34,7 @@ from slmops.tasks.data.dataset import (
     write_json_atomic,
 )
 from slmops.tasks.data.versioning import data_hash, track
-from slmops.tasks.labels.sources import VoteTable, read_votes, resolve_votes
-from slmops.tasks.task_types import LabelError, TaskType, task_type
+from slmops.tasks.labels.sources import LabelFormat, VoteTable, read_votes, resolve_votes
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def _check_labels(
 def import_labels(
     path: str | Path,
     params: Params,
+    task: TaskType,
+    formats: Sequence[LabelFormat],
     *,
     fmt: str | None = None,
     now: datetime | None = None,
@@ -127,14 +130,16 @@ def import_labels(
     text already in the data (same text after normalising case and
     whitespace) replaces the old one and is recorded in ``corrections.csv``.
     With ``version`` the result is recorded as a new DVC version; ``source``
-    overrides the file name recorded as provenance.
+    overrides the file name recorded as provenance. ``formats`` is the registry of
+    export formats the file may be in; ``task`` checks its labels.
     """
     path = Path(path)
     now = now or datetime.now(UTC)
-    table = read_votes(path, params.label_import, fmt)
+    table = read_votes(path, params.label_import, formats, fmt)
     return merge_votes(
         table,
         params,
+        task,
         source=source or _display(path, params.root),
         batch_id=_batch_id(path, now),
         now=now,
@@ -145,6 +150,7 @@ def import_labels(
 def merge_votes(
     table: VoteTable,
     params: Params,
+    task: TaskType,
     *,
     source: str,
     batch_id: str,
@@ -167,7 +173,6 @@ def merge_votes(
 
     resolved, vote_quarantine = resolve_votes(table.votes, params.label_import.min_agreement)
     label_set = load_label_set(params)
-    task = task_type(params)
     unknown_quarantine = resolved.iloc[0:0].assign(reason="")
     if quarantine_unknown_labels and not params.labels.allow_new:
         names = _unknown_classes(resolved, label_set, task)
@@ -314,7 +319,9 @@ def _merge(
 IMPORT_SUFFIXES = (".json", ".csv", ".tsv")
 
 
-def import_pending(params: Params, *, version: bool = True) -> list[ImportSummary]:
+def import_pending(
+    params: Params, task: TaskType, formats: Sequence[LabelFormat], *, version: bool = True
+) -> list[ImportSummary]:
     """Import every export waiting in ``data/imports/pending``, oldest name first.
 
     Each imported file moves to ``data/imports/done``. A file that is rejected
@@ -329,7 +336,7 @@ def import_pending(params: Params, *, version: bool = True) -> list[ImportSummar
         try:
             # Provenance names the file where it will stay, in done/.
             where = _display(done / f.name, params.root)
-            summaries.append(import_labels(f, params, version=version, source=where))
+            summaries.append(import_labels(f, params, task, formats, version=version, source=where))
         except DataError as exc:
             errors.append(str(exc))
             continue

@@ -1,14 +1,15 @@
 """Labeled data from annotation tools: read an export into votes, resolve votes into labels.
 
-Five export formats are read:
+Formats are :class:`LabelFormat` entries of a registry (a tuple, tried in order);
+this module holds the three every task type reads (:data:`BASE_FORMATS`):
 
 - ``label_studio_json``: Label Studio's full JSON export (tasks with ``data``,
   ``annotations`` and ``predictions``);
 - ``label_studio_min``: Label Studio's JSON-MIN export (one flat object per annotation);
-- ``csv``: a table with a text, a label and optionally an annotator column;
-- ``conll`` (NER): token and BIO tag per line (:mod:`tasks.task_types.token.conll`);
-- ``label_studio_spans`` (NER): a full JSON or JSON-MIN export of ``<Labels>``
-  span regions (:mod:`tasks.task_types.token.label_studio`); a vote's label is canonical span JSON.
+- ``csv``: a table with a text, a label and optionally an annotator column.
+
+A task type brings its own (the token type: CoNLL and Label Studio span exports)
+and the pipeline passes the whole registry in; this module never names them.
 
 Every format becomes the same table of votes (one row per annotator's label for
 a text). Problems with the file's structure raise :class:`DataError` naming the
@@ -24,6 +25,7 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,6 @@ import pandas as pd
 
 from slmops.tasks.core.config import ImportConfig
 from slmops.tasks.core.errors import DataError
-
-FORMATS = ("label_studio_json", "label_studio_min", "csv", "conll", "label_studio_spans")
 
 VOTE_COLUMNS = ("text", "label", "annotator", "source_id")
 REJECTED_COLUMNS = ("text", "label", "source_id", "reason")
@@ -45,12 +45,10 @@ NO_ANNOTATIONS = "no annotations"
 NO_ANNOTATIONS_ONLY_PREDICTIONS = "no annotations (predictions are model output, not votes)"
 
 # JSON-MIN keys Label Studio adds itself; the text field is added per config.
-_MIN_METADATA_KEYS = frozenset(
+MIN_METADATA_KEYS = frozenset(
     {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time"}
 )
-_CSV_SUFFIXES = (".csv", ".tsv")
-_JSON_SUFFIXES = (".json",)
-_CONLL_SUFFIXES = (".conll",)
+JSON_SUFFIXES = (".json",)
 _UTF8_BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -62,6 +60,22 @@ class VoteTable:
     votes: pd.DataFrame  # VOTE_COLUMNS
     rejected: pd.DataFrame  # REJECTED_COLUMNS
     fmt: str
+
+
+@dataclass(frozen=True)
+class LabelFormat:
+    """One export format of the registry.
+
+    ``read(path, cfg, data)`` reads a file into votes (``data``: the parsed JSON list
+    when the file is JSON, else None). A JSON format has ``claims(data, cfg)``, which
+    says whether parsed content is in this format: the first format of the registry
+    that claims a JSON file reads it.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, ImportConfig, list[Any] | None], VoteTable]
+    claims: Callable[[list[Any], ImportConfig | None], bool] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -113,7 +127,7 @@ def _read_text(path: Path, encoding: str) -> str:
         ) from None
 
 
-def _load_json(path: Path) -> list[Any]:
+def load_json(path: Path) -> list[Any]:
     """Parse a JSON export; the top level must be a list."""
     text = _read_text(path, "utf-8-sig")
     try:
@@ -124,12 +138,12 @@ def _load_json(path: Path) -> list[Any]:
         ) from None
     if not isinstance(data, list):
         raise DataError(
-            f"{path}: expected a JSON list of tasks at the top level, got {_type_name(data)}"
+            f"{path}: expected a JSON list of tasks at the top level, got {json_type_name(data)}"
         )
     return data
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     # JSON names, since the user sees the file, not Python objects.
     if value is None:
         return "null"
@@ -146,85 +160,63 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _json_format(data: list[Any], cfg: ImportConfig | None = None) -> str:
-    # Imported here: slmops.tasks.task_types.token.label_studio builds on this module.
-    from slmops.tasks.task_types.token.label_studio import is_span_export
-
-    if is_span_export(data, cfg):
-        return "label_studio_spans"
-    # Only the full export nests annotations in each task; an empty list holds no votes
-    # either way.
-    first = data[0] if data else None
-    if first is None or (isinstance(first, dict) and "annotations" in first):
-        return "label_studio_json"
-    return "label_studio_min"
+def _json_format(data: list[Any], formats: Sequence[LabelFormat], cfg: ImportConfig | None) -> str:
+    for f in formats:
+        if f.claims is not None and f.claims(data, cfg):
+            return f.name
+    raise DataError("no JSON label format in the registry")  # BASE_FORMATS claim any list
 
 
-def _check_suffix(path: Path) -> str:
+def _by_suffix(path: Path, formats: Sequence[LabelFormat]) -> str:
+    """The name of the one format reading files of this extension; ``json`` for JSON."""
     suffix = path.suffix.lower()
-    if suffix in _CSV_SUFFIXES:
-        return "csv"
-    if suffix in _JSON_SUFFIXES:
+    if suffix in JSON_SUFFIXES:
         return "json"
-    if suffix in _CONLL_SUFFIXES:
-        return "conll"
+    for f in formats:
+        if suffix in f.suffixes:
+            return f.name
+    listed = sorted({x for f in formats for x in f.suffixes} - set(JSON_SUFFIXES))
     raise DataError(
-        f"{path}: unknown file type {suffix or '(no extension)'!r}: "
-        "expected .json (Label Studio JSON or JSON-MIN export), .csv, .tsv or .conll"
+        f"{path}: unknown file type {suffix or '(no extension)'!r}: expected .json "
+        f"(Label Studio JSON or JSON-MIN export), {', '.join(listed[:-1])} or {listed[-1]}"
     )
 
 
-def detect_format(path: Path) -> str:
-    """Which of :data:`FORMATS` a file is in, from its extension and, for JSON, its content.
-
-    ``.csv``/``.tsv`` is ``csv``, ``.conll`` is ``conll``. For ``.json``, an export
-    whose regions are span labels (``type: "labels"``, or JSON-MIN lists of
-    ``{start, end, labels}``) is ``label_studio_spans``; otherwise the first element
-    decides: an object with an ``annotations`` key is a full Label Studio export,
-    anything else JSON-MIN. Raises :class:`DataError` naming the file for an unknown
-    extension or unreadable JSON.
-    """
+def detect_format(path: Path, formats: Sequence[LabelFormat]) -> str:
+    """Which of ``formats`` a file is in, from its extension and, for JSON, its content
+    (the first format that claims it). Raises :class:`DataError` naming the file for an
+    unknown extension or unreadable JSON."""
     path = Path(path)
-    kind = _check_suffix(path)
+    kind = _by_suffix(path, formats)
     if kind != "json":
         return kind
-    return _json_format(_load_json(path))
+    return _json_format(load_json(path), formats, None)
 
 
-def read_votes(path: str | Path, cfg: ImportConfig, fmt: str | None = None) -> VoteTable:
-    """Read an annotation export into votes; ``fmt`` (one of :data:`FORMATS`) skips detection.
+def read_votes(
+    path: str | Path,
+    cfg: ImportConfig,
+    formats: Sequence[LabelFormat],
+    fmt: str | None = None,
+) -> VoteTable:
+    """Read an annotation export into votes; ``fmt`` (a name in ``formats``) skips detection.
 
     Raises :class:`DataError` (file path first, then where and what) when the file
     cannot be read as a whole; items that cannot become votes are returned in
     ``rejected`` with the reason.
     """
     path = Path(path)
-    if fmt is not None and fmt not in FORMATS:
-        raise DataError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    by_name = {f.name: f for f in formats}
+    if fmt is not None and fmt not in by_name:
+        raise DataError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(by_name)}")
     if fmt is None:
-        kind = _check_suffix(path)
+        kind = _by_suffix(path, formats)
         fmt = kind if kind != "json" else None
-    if fmt == "csv":
-        votes, rejected = _read_csv(path, cfg)
-        return VoteTable(votes, rejected, "csv")
-    if fmt == "conll":
-        from slmops.tasks.task_types.token.conll import (
-            read_conll,  # imported here: it builds on this module
-        )
-
-        return read_conll(path)
-
-    data = _load_json(path)
-    fmt = fmt or _json_format(data, cfg)
-    if fmt == "label_studio_spans":
-        from slmops.tasks.task_types.token.label_studio import read_label_studio_spans
-
-        return read_label_studio_spans(path, cfg, data)
-    if fmt == "label_studio_json":
-        votes, rejected = _read_label_studio_json(path, data, cfg)
-    else:
-        votes, rejected = _read_label_studio_min(path, data, cfg)
-    return VoteTable(votes, rejected, fmt)
+    data = None
+    if fmt is None or any(s in JSON_SUFFIXES for s in by_name[fmt].suffixes):
+        data = load_json(path)
+        fmt = fmt or _json_format(data, formats, cfg)
+    return by_name[fmt].read(path, cfg, data)
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +224,7 @@ def read_votes(path: str | Path, cfg: ImportConfig, fmt: str | None = None) -> V
 # ---------------------------------------------------------------------------
 
 
-class _Rows:
+class Rows:
     """Votes and rejected items as they are found, in file order."""
 
     def __init__(self) -> None:
@@ -246,30 +238,30 @@ class _Rows:
         self.rejected.append((text, label, source_id, reason))
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        return _frame(self.votes, VOTE_COLUMNS), _frame(self.rejected, REJECTED_COLUMNS)
+        return rows_frame(self.votes, VOTE_COLUMNS), rows_frame(self.rejected, REJECTED_COLUMNS)
 
 
-def _frame(rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
+def rows_frame(rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
     # Built column by column so an empty table still has string columns.
     return pd.DataFrame(
         {name: pd.Series([row[i] for row in rows], dtype=str) for i, name in enumerate(columns)}
     )
 
 
-def _where(item: dict[str, Any] | None, index: int) -> str:
+def item_where(item: dict[str, Any] | None, index: int) -> str:
     # Both: the id finds the task in Label Studio, the index finds it in the file.
     if isinstance(item, dict) and "id" in item:
         return f"task {item['id']} (index {index})"
     return f"element at index {index}"
 
 
-def _source_id(item: dict[str, Any], index: int) -> str:
+def item_source_id(item: dict[str, Any], index: int) -> str:
     return str(item["id"]) if item.get("id") is not None else f"index {index}"
 
 
 def _text(path: Path, item: dict[str, Any], index: int, field: str, container: str) -> str:
     """The item's text, stripped; missing or non-string text is a structural error."""
-    where = _where(item, index)
+    where = item_where(item, index)
     holder = item if not container else item[container]
     name = f"{container}.{field}" if container else field
     if field not in holder:
@@ -280,18 +272,18 @@ def _text(path: Path, item: dict[str, Any], index: int, field: str, container: s
         )
     text = holder[field]
     if not isinstance(text, str):
-        raise DataError(f"{path}: {where}: {name}: expected a string, got {_type_name(text)}")
+        raise DataError(f"{path}: {where}: {name}: expected a string, got {json_type_name(text)}")
     return text.strip()
 
 
 def _labels(path: Path, where: str, name: str, value: Any) -> list[str]:
     """Labels in a choices list; every choice must be a string."""
     if not isinstance(value, list):
-        raise DataError(f"{path}: {where}: {name}: expected a list, got {_type_name(value)}")
+        raise DataError(f"{path}: {where}: {name}: expected a list, got {json_type_name(value)}")
     for choice in value:
         if not isinstance(choice, str):
             raise DataError(
-                f"{path}: {where}: {name}: expected string choices, got {_type_name(choice)}"
+                f"{path}: {where}: {name}: expected string choices, got {json_type_name(choice)}"
             )
     return [choice.strip() for choice in value]
 
@@ -312,7 +304,7 @@ def _joined(labels: list[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _annotator(annotation: dict[str, Any], task_source: str, position: int) -> str:
+def annotator_name(annotation: dict[str, Any], task_source: str, position: int) -> str:
     completed_by = annotation.get("completed_by")
     # Older exports give the user id, newer ones may give the user object.
     if isinstance(completed_by, dict):
@@ -335,14 +327,14 @@ def _annotation_choices(
     if result is None:
         return None
     if not isinstance(result, list):
-        raise DataError(f"{path}: {where}: {name}: expected a list, got {_type_name(result)}")
+        raise DataError(f"{path}: {where}: {name}: expected a list, got {json_type_name(result)}")
 
     labels: list[str] = []
     controls: list[str] = []
     for j, region in enumerate(result):
         if not isinstance(region, dict):
             raise DataError(
-                f"{path}: {where}: {name}[{j}]: expected an object, got {_type_name(region)}"
+                f"{path}: {where}: {name}[{j}]: expected an object, got {json_type_name(region)}"
             )
         value = region.get("value")
         # Other control tags (text areas, ratings, spans) carry no class label.
@@ -368,14 +360,14 @@ def _annotation_choices(
 def check_task(path: Path, task: Any, index: int) -> str:
     """Where a task of a full export is (for messages), once it is an object with a
     ``data`` object; :class:`DataError` naming the file and the task otherwise."""
-    where = _where(task, index)
+    where = item_where(task, index)
     if not isinstance(task, dict):
-        raise DataError(f"{path}: {where}: expected an object, got {_type_name(task)}")
+        raise DataError(f"{path}: {where}: expected an object, got {json_type_name(task)}")
     if "data" not in task:
         raise DataError(f"{path}: {where}: data: missing")
     if not isinstance(task["data"], dict):
         raise DataError(
-            f"{path}: {where}: data: expected an object, got {_type_name(task['data'])}"
+            f"{path}: {where}: data: expected an object, got {json_type_name(task['data'])}"
         )
     return where
 
@@ -385,12 +377,12 @@ def _read_label_studio_json(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     field = cfg.label_studio.text_field
     from_name = cfg.label_studio.from_name
-    rows = _Rows()
+    rows = Rows()
 
     for i, task in enumerate(data):
         where = check_task(path, task, i)
         text = _text(path, task, i, field, "data")
-        source_id = _source_id(task, i)
+        source_id = item_source_id(task, i)
         if "annotations" not in task:
             raise DataError(
                 f"{path}: {where}: annotations: missing (is this a JSON-MIN export? "
@@ -399,7 +391,7 @@ def _read_label_studio_json(
         annotations = task["annotations"]
         if not isinstance(annotations, list):
             raise DataError(
-                f"{path}: {where}: annotations: expected a list, got {_type_name(annotations)}"
+                f"{path}: {where}: annotations: expected a list, got {json_type_name(annotations)}"
             )
 
         votes: list[tuple[str, list[str]]] = []  # (annotator, choices)
@@ -408,12 +400,12 @@ def _read_label_studio_json(
             if not isinstance(annotation, dict):
                 raise DataError(
                     f"{path}: {where}: annotations[{k}]: expected an object, "
-                    f"got {_type_name(annotation)}"
+                    f"got {json_type_name(annotation)}"
                 )
             labels = _annotation_choices(path, where, annotation, k, from_name)
             if labels is None:
                 continue
-            annotator = _annotator(annotation, source_id, k)
+            annotator = annotator_name(annotation, source_id, k)
             if len(labels) > 1 and multi is None:
                 multi = _multi_choice_reason(f"annotation by {annotator}", labels)
             votes.append((annotator, labels))
@@ -458,7 +450,7 @@ def _min_label_key(path: Path, items: list[dict[str, Any]], cfg: ImportConfig) -
     """The key holding the label: ``from_name`` when set, else the one label-like key."""
     if cfg.label_studio.from_name is not None:
         return cfg.label_studio.from_name
-    excluded = _MIN_METADATA_KEYS | {cfg.label_studio.text_field}
+    excluded = MIN_METADATA_KEYS | {cfg.label_studio.text_field}
     candidates: dict[str, None] = {}  # ordered set
     keys: dict[str, None] = {}
     for item in items:
@@ -490,7 +482,7 @@ def _min_labels(path: Path, where: str, key: str, value: Any) -> list[str]:
         return _labels(path, where, key, value)
     raise DataError(
         f"{path}: {where}: {key}: expected a label string, a list or an object with 'choices', "
-        f"got {_type_name(value)}"
+        f"got {json_type_name(value)}"
     )
 
 
@@ -500,17 +492,17 @@ def _read_label_studio_min(
     field = cfg.label_studio.text_field
     for i, item in enumerate(data):
         if not isinstance(item, dict):
-            where = _where(item, i)
-            raise DataError(f"{path}: {where}: expected an object, got {_type_name(item)}")
+            where = item_where(item, i)
+            raise DataError(f"{path}: {where}: expected an object, got {json_type_name(item)}")
     key = _min_label_key(path, data, cfg)
 
     # First pass: one entry per object (one annotation each). Votes are grouped per task
     # so a multi-choice annotation can reject the whole task, as in the full export.
     tasks: dict[str, list[tuple[str, list[str] | None, str]]] = {}
     for i, item in enumerate(data):
-        where = _where(item, i)
+        where = item_where(item, i)
         text = _text(path, item, i, field, "")
-        source_id = _source_id(item, i)
+        source_id = item_source_id(item, i)
         value = item.get(key) if key is not None else None
         labels = None if value is None else _min_labels(path, where, key or "", value)
         if item.get("annotator") not in (None, ""):
@@ -523,14 +515,14 @@ def _read_label_studio_min(
         if entries and entries[0][0] != text:
             # One object per annotation: objects of one task share its id and text. Two
             # texts under one id would pool their votes under the first text.
-            first = next(j for j, other in enumerate(data) if _source_id(other, j) == source_id)
+            first = next(j for j, other in enumerate(data) if item_source_id(other, j) == source_id)
             raise DataError(
                 f"{path}: {where}: id {source_id} is also the id of the element at index "
                 f"{first}, with a different text; ids must identify one task"
             )
         entries.append((text, labels, annotator))
 
-    rows = _Rows()
+    rows = Rows()
     for source_id, entries in tasks.items():
         text = entries[0][0]
         labeled = [(labels, annotator) for _, labels, annotator in entries if labels]
@@ -602,7 +594,7 @@ def _read_csv(path: Path, cfg: ImportConfig) -> tuple[pd.DataFrame, pd.DataFrame
             raise DataError(f"{path}: line 1: column {column!r} appears {count} times")
         positions[setting] = header.index(column)
 
-    rows = _Rows()
+    rows = Rows()
     previous_end = reader.line_num
     number = 0
     while True:
@@ -709,3 +701,42 @@ def _vote_frame(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.Dat
             for i, name in enumerate(columns)
         }
     )
+
+
+# ---------------------------------------------------------------------------
+# The formats every task type reads
+# ---------------------------------------------------------------------------
+
+
+def _full_export(data: list[Any], cfg: ImportConfig | None) -> bool:
+    # Only the full export nests annotations in each task; an empty list holds no votes
+    # either way.
+    first = data[0] if data else None
+    return first is None or (isinstance(first, dict) and "annotations" in first)
+
+
+def _table(fmt: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> VoteTable:
+    return VoteTable(frames[0], frames[1], fmt)
+
+
+CSV = LabelFormat(
+    "csv", (".csv", ".tsv"), lambda path, cfg, data: _table("csv", _read_csv(path, cfg))
+)
+LABEL_STUDIO_JSON = LabelFormat(
+    "label_studio_json",
+    JSON_SUFFIXES,
+    lambda path, cfg, data: _table(
+        "label_studio_json", _read_label_studio_json(path, data or [], cfg)
+    ),
+    claims=_full_export,
+)
+LABEL_STUDIO_MIN = LabelFormat(
+    "label_studio_min",
+    JSON_SUFFIXES,
+    lambda path, cfg, data: _table(
+        "label_studio_min", _read_label_studio_min(path, data or [], cfg)
+    ),
+    claims=lambda data, cfg: True,  # JSON-MIN is what is left of a JSON list
+)
+#: in detection order: a task type's JSON formats go before these
+BASE_FORMATS: tuple[LabelFormat, ...] = (LABEL_STUDIO_JSON, LABEL_STUDIO_MIN, CSV)

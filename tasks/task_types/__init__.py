@@ -14,6 +14,8 @@ its name in :class:`slmops.tasks.core.config.TaskName`).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from slmops.tasks.core.config import Params, TaskName
@@ -23,8 +25,8 @@ from slmops.tasks.core.task_type import (
     Scored,
     TaskType,
     ValScorer,
-    predict_proba_by_length,
 )
+from slmops.tasks.labels.sources import BASE_FORMATS, LabelFormat
 from slmops.tasks.task_types.sequence.classification import (
     SequenceClassification,
     stratified_fraction,
@@ -35,21 +37,47 @@ TASK_TYPES: dict[TaskName, TaskType] = {
     t.name: t for t in (SequenceClassification(), TokenClassification())
 }
 
+#: every export format a label file can be in, in detection order: whatever the
+#: project's task, a file is read as what it is (and its labels then checked against
+#: the task), so that importing the wrong kind of export says so
+LABEL_FORMATS: tuple[LabelFormat, ...] = (
+    *(f for t in TASK_TYPES.values() for f in t.label_formats),
+    *BASE_FORMATS,
+)
+
 
 def task_type(of: Params | TaskType | TaskName | str) -> TaskType:
-    """The task type of a params object, or by name (a :class:`TaskType` is returned
-    as is, with its settings)."""
+    """The task type of a params object, built with the settings its ``train`` section
+    gives it (``train.label_all_subwords`` for token classification); by name, the
+    type with its default settings (a :class:`TaskType` is returned as is)."""
     if isinstance(of, TaskType):
         return of
-    name = of.task if isinstance(of, Params) else of
-    return TASK_TYPES[TaskName(name)]
+    if not isinstance(of, Params):
+        return TASK_TYPES[TaskName(of)]
+    registered = TASK_TYPES[of.task]
+    # A type's settings change its training targets, so they are keys of its train section.
+    settings = {key: getattr(of.train, key) for key in registered.settings()}
+    if settings == registered.settings():
+        return registered
+    return type(registered)(**settings)
 
 
 def task_of(config: Any) -> TaskType:
     """The task type a transformers model config was fine-tuned for, from its
     ``architectures`` (``...ForTokenClassification``: the type whose auto class is
     ``AutoModelForTokenClassification``); sequence classification when none says."""
-    architectures = [str(a) for a in getattr(config, "architectures", None) or []]
+    return _by_architectures(getattr(config, "architectures", None))
+
+
+def task_of_model(folder: str | Path) -> TaskType:
+    """:func:`task_of` the model in ``folder`` (read from its ``config.json``): what
+    whoever loads a model (serving, export, evaluation) passes to the engines."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return _by_architectures(config.get("architectures"))
+
+
+def _by_architectures(names: list[str] | None) -> TaskType:
+    architectures = [str(a) for a in names or []]
     for t in TASK_TYPES.values():
         suffix = t.model_class.removeprefix("AutoModel")
         if any(a.endswith(suffix) for a in architectures):
@@ -58,6 +86,7 @@ def task_of(config: Any) -> TaskType:
 
 
 __all__ = [
+    "LABEL_FORMATS",
     "NO_ENTITY",
     "TASK_TYPES",
     "LabelError",
@@ -66,8 +95,8 @@ __all__ = [
     "TaskType",
     "TokenClassification",
     "ValScorer",
-    "predict_proba_by_length",
     "stratified_fraction",
     "task_of",
+    "task_of_model",
     "task_type",
 ]

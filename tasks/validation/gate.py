@@ -5,10 +5,9 @@ checkpoint that also builds GX's HTML Data Docs. Rows that fail a row-level
 check are quarantined with the reason; whether a failure stops the pipeline is
 the check's configured severity (``error`` stops, ``warn`` reports).
 
-The engine (:func:`run_checks`) is shared by the task types; what differs
-(derived columns, expectations, reasons) is a :class:`GateSpec`. This module
-holds the classification gate (:func:`validate_frame`); the token
-classification gate is :func:`slmops.tasks.task_types.token.validate.validate_entities_frame`.
+This module is the engine (:func:`run_checks`), shared by the task types: what
+differs (derived columns, expectations, reasons) is a :class:`GateSpec` that each
+task type builds (``task_types/sequence/validate.py``, ``task_types/token/validate.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from slmops.tasks.core.config import Params, Severity
+from slmops.tasks.core.task_type import TaskType
 from slmops.tasks.data.dataset import (
     LABELED_COLUMNS,
     QUARANTINE_COLUMNS,
@@ -40,17 +40,6 @@ from slmops.tasks.data.dataset import (
 
 log = logging.getLogger(__name__)
 
-# Checks in the order they are reported. Row-level checks quarantine rows;
-# table- and dataset-level checks only pass or fail.
-ROW_CHECKS = (
-    "not_null",
-    "text_length",
-    "label_in_set",
-    "exact_duplicate",
-    "near_duplicate",
-    "leakage",
-)
-CHECKS = ("schema", *ROW_CHECKS, "min_examples_per_class")
 ROW = "row"  # 1-based data row number (header excluded), used to name rows in messages
 
 
@@ -150,7 +139,7 @@ def _context(docs_dir: Path | None):
     return ctx
 
 
-def _base_frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
+def base_frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
     """The data plus the derived columns every task's gate uses: row number, blank
     text and label as missing, normalised text and whether it is in the test split."""
     out = df.copy()
@@ -171,19 +160,7 @@ def _base_frame(df: pd.DataFrame, test_texts: pd.Series | None) -> pd.DataFrame:
     return out
 
 
-def _frame(df: pd.DataFrame, label_set: list[str], test_texts: pd.Series | None) -> pd.DataFrame:
-    """The frame GX checks: the data plus derived columns (row number, normalised text)."""
-    out = _base_frame(df, test_texts)
-    if "label" in out:
-        # Per-row size of the row's class; unknown labels are label_in_set's business
-        # (NaN here, which GX skips). float64, not Int64: GX compares a numpy column in
-        # one vectorised step but calls a Python function per value of an extension dtype.
-        known = out["label"].where(out["label"].isin(label_set))
-        out["_label_count"] = known.groupby(known).transform("size").astype("float64")
-    return out
-
-
-def _schema(required: tuple[str, ...]) -> tuple[str, Any]:
+def schema_expectation(required: tuple[str, ...]) -> tuple[str, Any]:
     import great_expectations.expectations as gxe
 
     return (
@@ -192,7 +169,7 @@ def _schema(required: tuple[str, ...]) -> tuple[str, Any]:
     )
 
 
-def _enabled(
+def enabled_checks(
     wanted: list[tuple[str, Any]], severity: Callable[[str], Severity]
 ) -> list[tuple[str, Any]]:
     """The pairs whose check is not switched off, each tagged with its check's name."""
@@ -200,57 +177,6 @@ def _enabled(
     for check, exp in enabled:
         exp.meta = {"check": check}
     return enabled
-
-
-def _expectations(
-    columns: set[str],
-    required: tuple[str, ...],
-    params: Params,
-    label_set: list[str],
-) -> list[tuple[str, Any]]:
-    """(check, expectation) pairs for the checks that are not switched off."""
-    import great_expectations.expectations as gxe
-
-    v = params.validation
-    wanted: list[tuple[str, Any]] = [_schema(required)]
-    has_text, has_label = "text" in columns, "label" in columns
-    if has_text:
-        wanted += [
-            ("not_null", gxe.ExpectColumnValuesToNotBeNull(column="text")),
-            (
-                "text_length",
-                gxe.ExpectColumnValueLengthsToBeBetween(
-                    column="text", min_value=v.text_min_chars, max_value=v.text_max_chars
-                ),
-            ),
-            ("exact_duplicate", gxe.ExpectColumnValuesToBeUnique(column="text")),
-            ("near_duplicate", gxe.ExpectColumnValuesToBeUnique(column="_norm")),
-        ]
-        if "_in_test" in columns:
-            # A boolean column, not a value set of every test text: GX serialises
-            # expectation configs many times per run, and a 3k-value set makes that slow.
-            wanted.append(
-                (
-                    "leakage",
-                    gxe.ExpectColumnValuesToNotBeInSet(column="_in_test", value_set=[True]),
-                )
-            )
-    if has_label:
-        wanted += [
-            ("not_null", gxe.ExpectColumnValuesToNotBeNull(column="label")),
-            ("label_in_set", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=label_set)),
-            (
-                "min_examples_per_class",
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="_label_count", min_value=v.min_examples_per_class
-                ),
-            ),
-            (
-                "min_examples_per_class",
-                gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=label_set),
-            ),
-        ]
-    return _enabled(wanted, v.severity.of)
 
 
 def _run_checkpoint(frame: pd.DataFrame, expectations: list, docs_dir: Path | None) -> list:
@@ -283,7 +209,7 @@ def _run_checkpoint(frame: pd.DataFrame, expectations: list, docs_dir: Path | No
     return [r for run in result.run_results.values() for r in run.results]
 
 
-def _row_reasons(
+def row_reasons(
     check: str, column: str, rows: list[int], frame: pd.DataFrame, params: Params
 ) -> dict[int, str]:
     """A reason per failing row, naming what was wrong with it."""
@@ -355,59 +281,6 @@ class GateSpec:
     severity: Callable[[str], Severity]
 
 
-def _class_table_message(
-    check: str, res: Any, frame: pd.DataFrame, params: Params, label_set: list[str]
-) -> tuple[int, str]:
-    """min_examples_per_class of the classification gate: labels absent or too rare."""
-    if res.expectation_config.type == "expect_column_distinct_values_to_contain_set":
-        absent = sorted(set(label_set) - set(frame["label"].dropna()))
-        return len(absent), f"{len(absent)} label(s) with no examples: {', '.join(absent[:20])}"
-    detail = res.result or {}
-    rows = [int(i[ROW]) for i in detail.get("unexpected_index_list") or []]
-    counts = frame.loc[frame[ROW].isin(rows)].groupby("label").size()
-    listed = ", ".join(f"{k} ({n})" for k, n in counts.sort_values().items())
-    return len(counts), (
-        f"{len(counts)} label(s) with fewer than "
-        f"{params.validation.min_examples_per_class} examples: {listed}"
-    )
-
-
-def validate_frame(
-    df: pd.DataFrame,
-    params: Params,
-    label_set: list[str],
-    test_texts: pd.Series | None = None,
-    *,
-    dataset: str = "dataset",
-    required: tuple[str, ...] = REQUIRED_COLUMNS,
-    docs_dir: Path | None = None,
-) -> ValidationResult:
-    """Run the gate on a frame.
-
-    ``test_texts`` enables the leakage check (texts also in the test split);
-    ``docs_dir`` makes GX build its HTML Data Docs there. Row-level failures
-    of any severity are quarantined; ``ValidationResult.passed`` is False when
-    a check at error severity failed.
-    """
-    spec = GateSpec(
-        checks=CHECKS,
-        row_checks=ROW_CHECKS,
-        frame=lambda d: _frame(d, label_set, test_texts),
-        expectations=lambda columns: _expectations(columns, required, params, label_set),
-        row_reasons=lambda c, col, rows, f: _row_reasons(c, col, rows, f, params),
-        table_message=lambda c, res, f: _class_table_message(c, res, f, params, label_set),
-        severity=params.validation.severity.of,
-    )
-    return run_checks(
-        df,
-        spec,
-        dataset=dataset,
-        required=required,
-        docs_dir=docs_dir,
-        sample_rows=params.validation.sample_rows,
-    )
-
-
 def run_checks(
     df: pd.DataFrame,
     spec: GateSpec,
@@ -423,7 +296,7 @@ def run_checks(
     ``required`` names the columns the schema check reports as missing.
     """
     frame = spec.frame(df.reset_index(drop=True))
-    expectations = _enabled(spec.expectations(set(frame.columns)), spec.severity)
+    expectations = enabled_checks(spec.expectations(set(frame.columns)), spec.severity)
     results = _run_checkpoint(frame, expectations, docs_dir)
 
     outcomes: dict[str, CheckOutcome] = {}
@@ -536,6 +409,7 @@ def write_outputs(result: ValidationResult, out_dir: Path) -> tuple[Path, Path]:
 def validate_file(
     path: Path,
     params: Params,
+    task: TaskType,
     *,
     leakage: bool = True,
     required: tuple[str, ...] = REQUIRED_COLUMNS,
@@ -551,9 +425,7 @@ def validate_file(
     same_as_test = paths.test.exists() and path.resolve() == paths.test.resolve()
     test_texts = read_test(params)["text"] if leakage and not same_as_test else None
     out_dir = out_dir or params.path(params.validation.report_dir) / path.stem
-    from slmops.tasks.task_types import task_type  # task_types builds on this module
-
-    result = task_type(params).validate_frame(
+    result = task.validate_frame(
         df,
         params,
         load_label_set(params),
@@ -566,10 +438,10 @@ def validate_file(
     return result, out_dir
 
 
-def run_gate(params: Params) -> list[tuple[ValidationResult, Path]]:
+def run_gate(params: Params, task: TaskType) -> list[tuple[ValidationResult, Path]]:
     """The pipeline's gate: validate the labeled data (with leakage) and the test split."""
     paths = LabeledPaths(params)
     return [
-        validate_file(paths.labeled, params, required=LABELED_COLUMNS),
-        validate_file(paths.test, params, leakage=False),
+        validate_file(paths.labeled, params, task, required=LABELED_COLUMNS),
+        validate_file(paths.test, params, task, leakage=False),
     ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from slmops.tasks.task_types import task_type
+
+SEQUENCE = task_type("sequence_classification")
+
 # Three texts version 1 answered "exchange_rate" for, with the right label.
 CORRECTIONS = [
     ("where is the card you posted to me", "card_arrival"),
@@ -24,7 +28,7 @@ def record_corrections(params, corrections=CORRECTIONS) -> None:
             ]
         )
         for pid, (_, label) in zip(ids, corrections, strict=True):
-            store.add_feedback(pid, label, labels, user="reviewer")
+            store.add_feedback(pid, label, labels, user="reviewer", task=SEQUENCE)
 
 
 def corrections_past_the_threshold(project, **sections: dict):

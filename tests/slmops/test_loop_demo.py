@@ -10,14 +10,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from slmops.loop_demo import _correct, _shown, run
+from slmops.loop_demo import run
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.task_types import task_type
 from tests.conftest import GIT_IDENTITY
 from tests.conftest import run as sh
-
-NER = task_type("token_classification")
-INTENTS = task_type("sequence_classification")
 
 # (text, its entities): the texts are not in the fixture's WNUT slices.
 EXAMPLES = [
@@ -66,18 +62,3 @@ def test_the_loop_closes_on_an_ner_project(ner_project):
     labeled = read_labeled(load_params(params_path))
     fed = labeled.loc[labeled["source"] == "feedback"].set_index("text")["label"]
     assert {t: json.loads(fed[t]) for t, _ in EXAMPLES} == dict(EXAMPLES)
-
-
-def test_feedback_bodies_give_spans_to_a_token_classifier_and_a_label_otherwise():
-    assert _correct(NER, '[[0,12,"person"]]') == {
-        "entities": [{"start": 0, "end": 12, "label": "person"}]
-    }
-    assert _correct(NER, "[]") == {"entities": []}
-    assert _correct(INTENTS, "card_arrival") == {"label": "card_arrival"}
-
-
-def test_answers_are_shown_as_entities_or_a_label():
-    entity = {"text": "Taylor Swift", "label": "person", "score": 0.876}
-    assert _shown(NER, {"entities": [entity]}) == "'Taylor Swift' person (0.88)"
-    assert _shown(NER, {"entities": []}) == "no entities"
-    assert _shown(INTENTS, {"label": "card_arrival", "confidence": 0.5}) == "card_arrival (0.50)"

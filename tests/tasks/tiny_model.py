@@ -36,7 +36,8 @@ def make_tiny_model(
         BertModel,
     )
 
-    from slmops.tasks.model.inference import LABELS_FILE, resolve_base_model
+    from slmops.tasks.model.inference import LABELS_FILE
+    from slmops.tasks.model.runtime import resolve_base_model
 
     dir = Path(dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import f1_score
 
 from slmops.tasks.core.config import Params, TaskName
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.core.task_type import (
-    LabelError,
-    Scored,
-    TaskType,
-    ValScorer,
-    predict_proba_by_length,
-)
+from slmops.tasks.core.task_type import Scored, TaskType, UnknownClass, ValScorer
 from slmops.tasks.data.dataset import read_table
-
-if TYPE_CHECKING:
-    from slmops.tasks.labels.sources import VoteTable
+from slmops.tasks.labels.sources import REJECTED_COLUMNS, VoteTable
+from slmops.tasks.model.inference import predict_proba_by_length
+from slmops.tasks.task_types.sequence.evaluate import label_predictions, label_report
+from slmops.tasks.task_types.sequence.validate import validate_frame
 
 
 class SequenceClassification(TaskType):
@@ -40,13 +36,11 @@ class SequenceClassification(TaskType):
     def canonical(self, text: str, cell: str, label_set: Collection[str]) -> str:
         """The label, if it is in the label set."""
         if cell not in label_set:
-            raise LabelError(f"label {cell!r} is not in the label set", label_set)
+            raise UnknownClass(f"label {cell!r} is not in the label set", label_set)
         return cell
 
     def read_seed(self, params: Params, rel: str) -> VoteTable:
         """A CSV with the configured text and label columns."""
-        from slmops.tasks.labels.sources import REJECTED_COLUMNS, VoteTable
-
         d = params.data
         df = read_table(params.path(rel), (d.seed_text_column, d.seed_label_column))
         df = df.rename(columns={d.seed_text_column: "text", d.seed_label_column: "label"})
@@ -57,9 +51,7 @@ class SequenceClassification(TaskType):
         return VoteTable(df, pd.DataFrame(columns=list(REJECTED_COLUMNS)), "csv")
 
     def validate_frame(self, df, params, label_set, test_texts=None, **kw):
-        """The classification checks of :func:`slmops.tasks.validation.gate.validate_frame`."""
-        from slmops.tasks.validation.gate import validate_frame
-
+        """The classification checks (:func:`.validate.validate_frame`)."""
         return validate_frame(df, params, label_set, test_texts, **kw)
 
     def split_frame(self, df, val_fraction, seed):
@@ -101,12 +93,15 @@ class SequenceClassification(TaskType):
         """Accuracy and macro-F1 (over the classes present in ``val``)."""
         return _LabelScorer(val["label"].astype(str).map({o: i for i, o in enumerate(outputs)}))
 
-    def evaluate(self, predictor, test, *a, **kw):
-        """Accuracy, per-class report, confusion, calibration and slices
-        (:func:`slmops.tasks.model.evaluate.evaluate_labels`)."""
-        from slmops.tasks.model.evaluate import evaluate_labels
+    def eval_predictions(self, predictor, df, batch_size):
+        """Each text's most probable label and its probability
+        (:func:`.evaluate.label_predictions`)."""
+        return label_predictions(predictor, df, batch_size)
 
-        return evaluate_labels(predictor, test, *a, **kw)
+    def eval_report(self, test, val, outputs, cfg):
+        """Accuracy, per-class report, confusion, calibration and slices
+        (:func:`.evaluate.label_report`)."""
+        return label_report(test, val, list(outputs), cfg)
 
     def predict_call(self, predictor):
         """Class probabilities."""
@@ -154,8 +149,6 @@ class _LabelScorer(ValScorer):
         self.preds[idx] = probs.argmax(axis=-1)
 
     def result(self):
-        from sklearn.metrics import f1_score
-
         present = np.unique(self.label_ids)
         return {
             "val_accuracy": float((self.preds == self.label_ids).mean()),

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from slmops.tasks.core.config import Params, TaskName
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.core.task_type import NO_ENTITY, LabelError, Scored, TaskType, ValScorer
+from slmops.tasks.labels.sources import LabelFormat, VoteTable
+from slmops.tasks.task_types.token import alignment
 from slmops.tasks.task_types.token import spans as sp
-
-if TYPE_CHECKING:
-    from slmops.tasks.labels.sources import VoteTable
+from slmops.tasks.task_types.token.conll import CONLL, read_conll
+from slmops.tasks.task_types.token.evaluate import entity_eval_report, entity_predictions
+from slmops.tasks.task_types.token.label_studio import LABEL_STUDIO_SPANS
+from slmops.tasks.task_types.token.metrics import entity_report
+from slmops.tasks.task_types.token.predict import predict_entities
+from slmops.tasks.task_types.token.validate import validate_entities_frame
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class TokenClassification(TaskType):
     model_class: ClassVar[str] = "AutoModelForTokenClassification"
     pipeline_task: ClassVar[str] = "token-classification"
     label_noun: ClassVar[str] = "entity types"
+    label_formats: ClassVar[tuple[LabelFormat, ...]] = (LABEL_STUDIO_SPANS, CONLL)
     per_token: ClassVar[bool] = True
     val_metrics: ClassVar[dict[str, str]] = {
         "val_accuracy": "word accuracy",
@@ -70,20 +78,30 @@ class TokenClassification(TaskType):
             return text.strip(), cell
         return text.strip(), sp.dumps([(s - shift, e - shift, kind) for s, e, kind in spans])
 
+    feedback_field: ClassVar[str] = "entities"
+    feedback_shape: ClassVar[str] = "a list of spans"
+
+    def feedback_cell(self, answer: Any) -> str:
+        # ``{"start", "end", "label"}`` objects, as /predict gives them, to a span cell.
+        return json.dumps([[e["start"], e["end"], e["label"]] for e in answer], ensure_ascii=False)
+
+    def feedback_answer(self, cell: str) -> Any:
+        return [{"start": s, "end": e, "label": t} for s, e, t in sp.loads(cell)]
+
+    def shown(self, answer: dict[str, Any]) -> str:
+        found = [f"{e['text']!r} {e['label']} ({e['score']:.2f})" for e in answer["entities"]]
+        return ", ".join(found) or "no entities"
+
     def observed(self, cell: str) -> list[str]:
         """Entity types, one per entity; a text without entities counts as ``(no entity)``."""
         return [kind for _, _, kind in sp.loads(cell)] or [NO_ENTITY]
 
     def read_seed(self, params: Params, rel: str) -> VoteTable:
         """A CoNLL file (one token and its BIO tag per line)."""
-        from slmops.tasks.task_types.token.conll import read_conll
-
         return read_conll(params.path(rel))
 
     def validate_frame(self, df, params, label_set, test_texts=None, **kw):
         """Span, tag-set and length checks (:func:`.validate.validate_entities_frame`)."""
-        from slmops.tasks.task_types.token.validate import validate_entities_frame
-
         bounds = params.validation
         kw.setdefault("token_min", bounds.token_min_words)
         kw.setdefault("token_max", bounds.token_max_words)
@@ -139,8 +157,6 @@ class TokenClassification(TaskType):
     def encode(self, tokenizer, df, output_index, max_length):
         """Tokens with their offsets and words (:func:`.alignment.encode`); the
         targets per token."""
-        from slmops.tasks.task_types.token import alignment
-
         encoded = alignment.encode(
             tokenizer,
             df["text"].astype(str).tolist(),
@@ -156,31 +172,32 @@ class TokenClassification(TaskType):
         ``O``), micro entity F1 (strict spans) and macro entity F1 over the types."""
         return _EntityScorer(val, encoded, outputs, self.label_set_of(outputs))
 
-    def evaluate(self, predictor, test, *a, **kw):
-        """Entity metrics per type, word-level confusion and reliability, length slices
-        (:func:`tasks.model.evaluate.evaluate_entities`)."""
-        from slmops.tasks.model.evaluate import evaluate_entities
+    def eval_predictions(self, predictor, df, batch_size):
+        """Each text's predicted spans and word tags (:func:`.evaluate.entity_predictions`)."""
+        return entity_predictions(predictor, df, batch_size)
 
-        return evaluate_entities(predictor, test, *a, **kw)
+    def eval_report(self, test, val, outputs, cfg):
+        """Entity metrics per type, word-level confusion and reliability, length slices
+        (:func:`.evaluate.entity_eval_report`)."""
+        return entity_eval_report(test, val, self.label_set_of(outputs), cfg)
 
     def predict_call(self, predictor):
-        """Entities, the spans decoded."""
-        return predictor.predict_entities
+        """Entities, the spans decoded (:func:`.predict.predict_entities`)."""
+        return functools.partial(predict_entities, predictor)
 
     def format_score(self, predictor, test, batch_size=128):
         """Micro entity F1 (strict spans) on test rows whose ``label`` is span JSON."""
-        from slmops.tasks.task_types.token.metrics import entity_report
-
-        found = predictor.predict_entities(test["text"].astype(str).tolist(), batch_size=batch_size)
+        texts = test["text"].astype(str).tolist()
+        found = predict_entities(predictor, texts, batch_size=batch_size)
         pred = [[(e["start"], e["end"], e["label"]) for e in row] for row in found]
         gold = [sp.loads(cell) for cell in test["label"].astype(str)]
-        return float(entity_report(gold, pred, predictor.label_set)["f1"])
+        return float(entity_report(gold, pred, self.label_set_of(predictor.labels))["f1"])
 
     def score(self, predictor, texts, *, chunk, top_k):
         """Entity spans with character offsets into each text and their scores."""
         out = []
-        for entities, confidence in predictor.predict_entities(
-            texts, batch_size=chunk, with_confidence=True
+        for entities, confidence in predict_entities(
+            predictor, texts, batch_size=chunk, with_confidence=True
         ):
             label = sp.dumps([(e["start"], e["end"], e["label"]) for e in entities])
             out.append(Scored(label, confidence, [], entities))
@@ -196,12 +213,10 @@ class _EntityScorer(ValScorer):
         self.correct = self.words = 0
 
     def add(self, idx, probs):
-        from slmops.tasks.task_types.token.alignment import word_tags
-
         enc = self.encoded
         for row, i in enumerate(idx):
             n = len(enc["input_ids"][i])
-            found = word_tags(
+            found = alignment.word_tags(
                 self.texts[i], enc["offset_mapping"][i], enc["word_ids"][i], probs[row, :n],
                 self.outputs,
             )  # fmt: skip
@@ -211,8 +226,6 @@ class _EntityScorer(ValScorer):
             self.pred[i] = found.spans()
 
     def result(self):
-        from slmops.tasks.task_types.token.metrics import entity_report
-
         report = entity_report(self.gold, self.pred, self.types)
         return {
             "val_accuracy": self.correct / self.words if self.words else None,

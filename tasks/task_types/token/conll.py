@@ -43,7 +43,13 @@ from pathlib import Path
 import pandas as pd
 
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.labels.sources import REJECTED_COLUMNS, VOTE_COLUMNS, VoteTable, _frame
+from slmops.tasks.labels.sources import (
+    REJECTED_COLUMNS,
+    VOTE_COLUMNS,
+    LabelFormat,
+    VoteTable,
+    rows_frame,
+)
 from slmops.tasks.task_types.token import spans as sp
 
 FORMAT = "conll"
@@ -222,7 +228,9 @@ def read_conll(path: str | Path) -> VoteTable:
 
     if not sentences:
         raise DataError(f"{path}: no sentences (only blank or -DOCSTART- lines)")
-    return VoteTable(_frame(votes, VOTE_COLUMNS), _frame(rejected, REJECTED_COLUMNS), FORMAT)
+    return VoteTable(
+        rows_frame(votes, VOTE_COLUMNS), rows_frame(rejected, REJECTED_COLUMNS), FORMAT
+    )
 
 
 def _rows(rows: Iterable[tuple[str, Sequence[sp.Span] | str]] | pd.DataFrame):
@@ -268,3 +276,7 @@ def write_conll(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: the registry entry (:class:`~slmops.tasks.labels.sources.LabelFormat`) of CoNLL files
+CONLL = LabelFormat(FORMAT, (".conll",), lambda path, cfg, data: read_conll(path))

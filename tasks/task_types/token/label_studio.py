@@ -42,18 +42,20 @@ from typing import Any
 from slmops.tasks.core.config import ImportConfig
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.labels.sources import (
-    _MIN_METADATA_KEYS,
+    JSON_SUFFIXES,
+    MIN_METADATA_KEYS,
     NO_ANNOTATIONS,
     NO_ANNOTATIONS_ONLY_PREDICTIONS,
     NO_USABLE_ANNOTATION,
+    LabelFormat,
+    Rows,
     VoteTable,
-    _annotator,
-    _load_json,
-    _Rows,
-    _source_id,
-    _type_name,
-    _where,
+    annotator_name,
     check_task,
+    item_source_id,
+    item_where,
+    json_type_name,
+    load_json,
 )
 from slmops.tasks.task_types.token import spans as sp
 
@@ -155,7 +157,7 @@ def _offset(value: dict[str, Any], key: str) -> int:
 def _region_span(raw: str, value: Any) -> sp.Span:
     """One region's ``(start, end, type)`` over the raw text; :class:`_Bad` says why not."""
     if not isinstance(value, dict):
-        raise _Bad(f"region value is {_type_name(value)}, expected an object")
+        raise _Bad(f"region value is {json_type_name(value)}, expected an object")
     start, end = _offset(value, "start"), _offset(value, "end")
     labels = value.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
@@ -238,7 +240,7 @@ def _raw_text(path: Path, holder: dict[str, Any], where: str, field: str, name: 
         )
     text = holder[field]
     if not isinstance(text, str):
-        raise DataError(f"{path}: {where}: {name}: expected a string, got {_type_name(text)}")
+        raise DataError(f"{path}: {where}: {name}: expected a string, got {json_type_name(text)}")
     return text
 
 
@@ -265,7 +267,7 @@ class _Task:
             return
         self.votes.append((annotator, sp.dumps(spans)))
 
-    def emit(self, rows: _Rows, no_votes_reason: str) -> None:
+    def emit(self, rows: Rows, no_votes_reason: str) -> None:
         if self.problems:
             rows.reject(self.text, self.bad_label, self.source_id, "; ".join(self.problems))
         elif not self.votes:
@@ -297,13 +299,13 @@ def _span_regions(
     if result is None:
         return [], set()
     if not isinstance(result, list):
-        raise DataError(f"{path}: {where}: {name}: expected a list, got {_type_name(result)}")
+        raise DataError(f"{path}: {where}: {name}: expected a list, got {json_type_name(result)}")
     values: list[Any] = []
     controls: set[Any] = set()
     for j, region in enumerate(result):
         if not isinstance(region, dict):
             raise DataError(
-                f"{path}: {where}: {name}[{j}]: expected an object, got {_type_name(region)}"
+                f"{path}: {where}: {name}[{j}]: expected an object, got {json_type_name(region)}"
             )
         # Other controls (choices, text areas, relations) carry no span.
         if _region_kind(region, from_name) != "labels":
@@ -313,10 +315,10 @@ def _span_regions(
     return values, controls
 
 
-def _read_full(path: Path, data: list[Any], cfg: ImportConfig) -> _Rows:
+def _read_full(path: Path, data: list[Any], cfg: ImportConfig) -> Rows:
     field = cfg.label_studio.text_field
     from_name = cfg.label_studio.from_name
-    rows = _Rows()
+    rows = Rows()
     for i, task in enumerate(data):
         where = check_task(path, task, i)
         raw = _raw_text(path, task["data"], where, field, f"data.{field}")
@@ -328,23 +330,25 @@ def _read_full(path: Path, data: list[Any], cfg: ImportConfig) -> _Rows:
         annotations = task["annotations"]
         if not isinstance(annotations, list):
             raise DataError(
-                f"{path}: {where}: annotations: expected a list, got {_type_name(annotations)}"
+                f"{path}: {where}: annotations: expected a list, got {json_type_name(annotations)}"
             )
 
-        item = _Task(raw, _source_id(task, i), where)
+        item = _Task(raw, item_source_id(task, i), where)
         controls: set[Any] = set()
         for k, annotation in enumerate(annotations):
             if not isinstance(annotation, dict):
                 raise DataError(
                     f"{path}: {where}: annotations[{k}]: expected an object, "
-                    f"got {_type_name(annotation)}"
+                    f"got {json_type_name(annotation)}"
                 )
             if annotation.get("was_cancelled"):
                 continue  # a skip in Label Studio, not a vote
             values, used = _span_regions(path, where, annotation, k, from_name)
             controls |= used
             item.add(
-                _annotation_name(annotation, k), _annotator(annotation, item.source_id, k), values
+                _annotation_name(annotation, k),
+                annotator_name(annotation, item.source_id, k),
+                values,
             )
         if from_name is None and len(controls) > 1:
             # Two <Labels> controls on one text: mixing them would merge two questions.
@@ -372,7 +376,7 @@ def _min_span_key(path: Path, items: list[dict[str, Any]], cfg: ImportConfig) ->
     """The key holding the regions: ``from_name`` when set, else the one span-list key."""
     if cfg.label_studio.from_name is not None:
         return cfg.label_studio.from_name
-    excluded = _MIN_METADATA_KEYS | {cfg.label_studio.text_field}
+    excluded = MIN_METADATA_KEYS | {cfg.label_studio.text_field}
     candidates = dict.fromkeys(
         key
         for item in items
@@ -387,20 +391,20 @@ def _min_span_key(path: Path, items: list[dict[str, Any]], cfg: ImportConfig) ->
     return next(iter(candidates), None)
 
 
-def _read_min(path: Path, data: list[Any], cfg: ImportConfig) -> _Rows:
+def _read_min(path: Path, data: list[Any], cfg: ImportConfig) -> Rows:
     field = cfg.label_studio.text_field
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise DataError(
-                f"{path}: {_where(item, i)}: expected an object, got {_type_name(item)}"
+                f"{path}: {item_where(item, i)}: expected an object, got {json_type_name(item)}"
             )
     key = _min_span_key(path, data, cfg)
 
     tasks: dict[str, _Task] = {}
     for i, item in enumerate(data):
-        where = _where(item, i)
+        where = item_where(item, i)
         raw = _raw_text(path, item, where, field, field)
-        source_id = _source_id(item, i)
+        source_id = item_source_id(item, i)
         task = tasks.get(source_id)
         if task is None:
             task = tasks[source_id] = _Task(raw, source_id, where)
@@ -416,7 +420,7 @@ def _read_min(path: Path, data: list[Any], cfg: ImportConfig) -> _Rows:
             values = []  # an annotation that marks no entity has no regions, so no key
         if not isinstance(values, list):
             raise DataError(
-                f"{path}: {where}: {key}: expected a list of spans, got {_type_name(values)}"
+                f"{path}: {where}: {key}: expected a list of spans, got {json_type_name(values)}"
             )
         if item.get("annotator") not in (None, ""):
             annotator = str(item["annotator"])
@@ -431,7 +435,7 @@ def _read_min(path: Path, data: list[Any], cfg: ImportConfig) -> _Rows:
         )
         task.add(name, annotator, values, where)
 
-    rows = _Rows()
+    rows = Rows()
     for task in tasks.values():
         task.emit(rows, NO_ANNOTATIONS)
     return rows
@@ -452,9 +456,16 @@ def read_label_studio_spans(
     """
     path = Path(path)
     if data is None:
-        data = _load_json(path)
+        data = load_json(path)
     first = next((t for t in data if isinstance(t, dict)), None)
     full = first is not None and "annotations" in first
     rows = _read_full(path, data, cfg) if full else _read_min(path, data, cfg)
     votes, rejected = rows.frames()
     return VoteTable(votes, rejected, FORMAT)
+
+
+#: the registry entry (:class:`~slmops.tasks.labels.sources.LabelFormat`): a JSON export
+#: whose regions are spans is read here before the choice readers see it
+LABEL_STUDIO_SPANS = LabelFormat(
+    FORMAT, JSON_SUFFIXES, read_label_studio_spans, claims=is_span_export
+)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from slmops.tasks.model.metrics import _r, length_bucket_names
+from slmops.tasks.model.metrics import length_bucket_names, rounded
 from slmops.tasks.task_types.token.spans import Span, words
 
 
@@ -88,9 +88,9 @@ def entity_report(
     for kind in [*dict.fromkeys(known), *extra]:
         precision, recall, f1 = _prf(tp[kind], n_pred[kind], n_gold[kind])
         per_class[kind] = {
-            "precision": _r(precision),
-            "recall": _r(recall),
-            "f1": _r(f1),
+            "precision": rounded(precision),
+            "recall": rounded(recall),
+            "f1": rounded(f1),
             "support": int(n_gold[kind]),
             "predicted": int(n_pred[kind]),
         }
@@ -99,11 +99,11 @@ def entity_report(
     f1s = [_prf(tp[k], n_pred[k], n_gold[k])[2] for k in occurring]
     precision, recall, f1 = _prf(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values()))
     return {
-        "precision": _r(precision),
-        "recall": _r(recall),
-        "f1": _r(f1),
-        "macro_f1": _r(sum(f1s) / len(f1s) if f1s else 0.0),
-        "accuracy": _r(exact / len(pairs) if pairs else 0.0),
+        "precision": rounded(precision),
+        "recall": rounded(recall),
+        "f1": rounded(f1),
+        "macro_f1": rounded(sum(f1s) / len(f1s) if f1s else 0.0),
+        "accuracy": rounded(exact / len(pairs) if pairs else 0.0),
         "entities": int(sum(n_gold.values())),
         "predicted": int(sum(n_pred.values())),
         "per_class": per_class,
@@ -136,13 +136,19 @@ def length_slices(
         mask = bucket == b
         if not mask.any():
             continue
-        tp, fp, fn = (int(x) for x in counts[mask].sum(axis=0))
-        precision, recall, f1 = _prf(tp, tp + fp, tp + fn)
-        out[name] = {
-            "n": int(mask.sum()),
-            "entities": tp + fn,
-            "precision": _r(precision),
-            "recall": _r(recall),
-            "f1": _r(f1),
-        }
+        out[name] = micro_scores(counts[mask])
     return out
+
+
+def micro_scores(counts: np.ndarray) -> dict[str, Any]:
+    """Micro entity scores of a subset of rows from their :func:`row_counts`:
+    ``{"n", "entities", "precision", "recall", "f1"}``."""
+    tp, fp, fn = (int(x) for x in counts.sum(axis=0))
+    precision, recall, f1 = _prf(tp, tp + fp, tp + fn)
+    return {
+        "n": len(counts),
+        "entities": tp + fn,
+        "precision": rounded(precision),
+        "recall": rounded(recall),
+        "f1": rounded(f1),
+    }

@@ -42,10 +42,10 @@ from slmops.tasks.task_types.token import spans as sp
 from slmops.tasks.validation.gate import (
     GateSpec,
     ValidationResult,
-    _base_frame,
-    _row_reasons,
-    _schema,
+    base_frame,
+    row_reasons,
     run_checks,
+    schema_expectation,
 )
 
 ROW_CHECKS = (
@@ -97,7 +97,7 @@ def entity_frame(
     (row number, normalised text, leakage) and per row whether the spans are valid
     (and why not), whether their types are in the label set, the word count and
     the number of entities of each type of ``label_set``."""
-    out = _base_frame(df, test_texts)
+    out = base_frame(df, test_texts)
     known = set(label_set)
     n = len(out)
     texts = out["text"].tolist() if "text" in out else [None] * n
@@ -136,7 +136,7 @@ def _entity_expectations(
     import great_expectations.expectations as gxe
 
     v = params.validation
-    wanted: list[tuple[str, Any]] = [_schema(required)]
+    wanted: list[tuple[str, Any]] = [schema_expectation(required)]
     if "text" in columns:
         wanted += [
             ("not_null", gxe.ExpectColumnValuesToNotBeNull(column="text")),
@@ -184,7 +184,7 @@ def _entity_expectations(
     return wanted
 
 
-def _entity_row_reasons(
+def _entityrow_reasons(
     check: str,
     column: str,
     rows: list[int],
@@ -211,7 +211,7 @@ def _entity_row_reasons(
             for r, n in zip(rows, values(_WORDS), strict=True)
         }
     # not_null, text_length, exact_duplicate, leakage: as for classification.
-    return _row_reasons(check, column, rows, frame, params)
+    return row_reasons(check, column, rows, frame, params)
 
 
 def _entity_table_message(check: str, res: Any, params: Params) -> tuple[int, str]:
@@ -271,7 +271,7 @@ def validate_entities_frame(
         expectations=lambda columns: _entity_expectations(
             columns, required, params, labels, token_min, token_max
         ),
-        row_reasons=lambda c, col, rows, f: _entity_row_reasons(
+        row_reasons=lambda c, col, rows, f: _entityrow_reasons(
             c, col, rows, f, params, token_min, token_max
         ),
         table_message=lambda c, res, f: _entity_table_message(c, res, params),

@@ -1,6 +1,13 @@
 import pandas as pd
 
-from slmops.tasks.data.split import split_frame, write_splits
+from slmops.tasks.data.split import write_splits
+from slmops.tasks.task_types import task_type
+
+SEQUENCE = task_type("sequence_classification")
+
+
+def split_frame(df: pd.DataFrame, val_fraction: float, seed: int):
+    return SEQUENCE.split_frame(df, val_fraction, seed)
 
 
 def frame() -> pd.DataFrame:
@@ -25,6 +32,6 @@ def test_split_is_deterministic_per_seed():
 
 
 def test_write_splits_reads_labeled_data(tiny_params):
-    summary = write_splits(tiny_params)
+    summary = write_splits(tiny_params, task_type(tiny_params))
     assert summary.train_rows + summary.val_rows == 70
     assert pd.read_csv(summary.val_path)["label"].value_counts().min() == 1

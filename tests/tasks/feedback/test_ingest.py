@@ -16,14 +16,17 @@ from slmops.tasks.data.dataset import LabeledPaths, load_label_set, read_labeled
 from slmops.tasks.data.versioning import track
 from slmops.tasks.feedback.ingest import (
     RETRAIN_MARK,
-    ingest_feedback,
     labels_since_retrain,
     live_accuracy,
     retrain_reason,
     watermark,
 )
 from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
+from slmops.tasks.pipeline.prepare import ingest_feedback
+from slmops.tasks.task_types import task_type
 from tests.conftest import REPO, dvc_project, run
+
+SEQUENCE = task_type("sequence_classification")
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +52,7 @@ def predict_and_correct(store: FeedbackStore, labels: list[str], items) -> list[
     )
     out = []
     for pid, (_, _, given, user) in zip(ids, items, strict=True):
-        row, _ = store.add_feedback(pid, given, labels, user=user)
+        row, _ = store.add_feedback(pid, given, labels, user=user, task=SEQUENCE)
         out.append(row.id)
     return out
 
@@ -138,6 +141,7 @@ sys.path.insert(0, {repo!r})
 import slmops.tasks.feedback.ingest as ingest
 from slmops.tasks.core.config import load_params
 from slmops.tasks.feedback.store import FeedbackStore
+from slmops.tasks.task_types import task_type
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -148,7 +152,7 @@ if {point!r} == "before-watermark":
     store.set_watermark = die  # data written, dvc-added and committed; watermark not yet moved
 else:
     ingest.track = die  # data written; not yet dvc-added, committed or watermarked
-ingest.ingest_feedback(params, store)
+ingest.ingest_feedback(params, store, task_type(params))
 """
 
 

@@ -11,6 +11,9 @@ from slmops.tasks.core.config import parse_params
 from slmops.tasks.feedback.review import export_review
 from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
 from slmops.tasks.labels.sources import NO_ANNOTATIONS_ONLY_PREDICTIONS, read_votes
+from slmops.tasks.task_types import LABEL_FORMATS, task_type
+
+SEQUENCE = task_type("sequence_classification")
 
 
 @pytest.fixture
@@ -29,7 +32,9 @@ def params(tmp_path):
                 )
             ]
         )
-        store.add_feedback(ids[1], "exchange_rate", ["exchange_rate"])  # reviewed: not exported
+        store.add_feedback(
+            ids[1], "exchange_rate", ["exchange_rate"], task=SEQUENCE
+        )  # reviewed: not exported
     return params
 
 
@@ -53,7 +58,7 @@ def test_label_studio_export_carries_answers_as_predictions_not_votes(params, tm
     tasks[1]["annotations"] = []
     returned = tmp_path / "export.json"
     returned.write_text(json.dumps(tasks))
-    table = read_votes(returned, params.label_import)
+    table = read_votes(returned, params.label_import, LABEL_FORMATS)
     assert table.votes[["text", "label"]].values.tolist() == [
         ["top up did not work", "top_up_failed"]
     ]
@@ -75,7 +80,7 @@ def test_csv_export_leaves_the_label_for_the_reviewer(params, tmp_path):
     assert frame.loc[0, "text"] == "top up did not work" and frame.loc[0, "label"] == ""
     frame.loc[0, "label"] = "top_up_failed"
     frame.to_csv(out, index=False)
-    votes = read_votes(out, params.label_import).votes
+    votes = read_votes(out, params.label_import, LABEL_FORMATS).votes
     assert votes[["text", "label"]].values.tolist() == [["top up did not work", "top_up_failed"]]
     with pytest.raises(ValueError, match="expected 'label-studio' or 'csv'"):
         export_review(params, out, fmt="xml")  # type: ignore[arg-type]

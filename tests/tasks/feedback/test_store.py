@@ -20,6 +20,9 @@ from slmops.tasks.feedback.store import (
     make_engine,
     resolve_url,
 )
+from slmops.tasks.task_types import task_type
+
+SEQUENCE = task_type("sequence_classification")
 
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
 
@@ -82,21 +85,23 @@ def test_log_predictions_returns_ids_in_order_and_rows_round_trip(store):
 
 def test_feedback_is_idempotent_per_prediction_and_label(store):
     (pid,) = store.log_predictions([new("where is my card", "card_arrival")])
-    row, created = store.add_feedback(pid, "lost_or_stolen_card", LABELS, user="ana")
+    row, created = store.add_feedback(pid, "lost_or_stolen_card", LABELS, user="ana", task=SEQUENCE)
     assert created and row.kind == "correction" and row.user == "ana"
-    again, created_again = store.add_feedback(pid, "lost_or_stolen_card", LABELS, user="bob")
+    again, created_again = store.add_feedback(
+        pid, "lost_or_stolen_card", LABELS, user="bob", task=SEQUENCE
+    )
     assert not created_again and again == row  # the stored row, unchanged
-    confirm, created = store.add_feedback(pid, "card_arrival", LABELS)
+    confirm, created = store.add_feedback(pid, "card_arrival", LABELS, task=SEQUENCE)
     assert created and confirm.kind == "confirmation" and confirm.id > row.id
     assert store.counts() == {"predictions": 1, "feedback": 2}
 
 
 def test_unknown_prediction_and_label_write_nothing(store):
     with pytest.raises(UnknownPrediction, match="unknown prediction id 'nope'"):
-        store.add_feedback("nope", "card_arrival", LABELS)
+        store.add_feedback("nope", "card_arrival", LABELS, task=SEQUENCE)
     (pid,) = store.log_predictions([new("hi")])
     with pytest.raises(UnknownLabel) as info:
-        store.add_feedback(pid, "card_arival", LABELS)
+        store.add_feedback(pid, "card_arival", LABELS, task=SEQUENCE)
     message = str(info.value)
     assert "'card_arival'" in message and "card_arrival" in message and "exchange_rate" in message
     assert info.value.known_labels == sorted(LABELS)
@@ -112,7 +117,7 @@ def test_identical_feedback_racing_from_threads_is_stored_once(store):
 
     def send() -> None:
         barrier.wait()
-        results.append(store.add_feedback(pid, "top_up_failed", LABELS)[1])
+        results.append(store.add_feedback(pid, "top_up_failed", LABELS, task=SEQUENCE)[1])
 
     workers = [threading.Thread(target=send) for _ in range(4)]
     for w in workers:
@@ -128,7 +133,9 @@ def test_review_queue_is_unreviewed_least_confident_first(store):
         [new("a", confidence=0.7), new("b", confidence=0.2), new("c", confidence=0.4)]
     )
     ids += store.log_predictions([new("d", confidence=0.1)])
-    store.add_feedback(ids[3], "exchange_rate", LABELS)  # "d" is reviewed: not queued
+    store.add_feedback(
+        ids[3], "exchange_rate", LABELS, task=SEQUENCE
+    )  # "d" is reviewed: not queued
     queue = store.review_queue(10)
     assert [p.text for p in queue] == ["b", "c", "a"]
     assert [p.text for p in store.review_queue(2)] == ["b", "c"]
@@ -140,7 +147,7 @@ def test_review_queue_is_unreviewed_least_confident_first(store):
 def test_feedback_since_reads_in_id_order_with_the_prediction_text(store):
     ids = store.log_predictions([new("one"), new("two"), new("three")])
     for pid, label in zip(ids, ["exchange_rate", "card_arrival", "top_up_failed"], strict=True):
-        store.add_feedback(pid, label, LABELS)
+        store.add_feedback(pid, label, LABELS, task=SEQUENCE)
     items = store.feedback_since(0)
     assert [i.text for i in items] == ["one", "two", "three"]
     assert [i.kind for i in items] == ["correction", "confirmation", "correction"]
@@ -155,11 +162,11 @@ def test_feedback_since_reads_in_id_order_with_the_prediction_text(store):
 def test_watermark_round_trip_and_exactly_once_reading(store):
     assert store.get_watermark("labeled") is None
     ids = store.log_predictions([new("x"), new("y")])
-    store.add_feedback(ids[0], "exchange_rate", LABELS)
+    store.add_feedback(ids[0], "exchange_rate", LABELS, task=SEQUENCE)
     batch = store.feedback_since(0)
     mark = store.set_watermark("labeled", max(i.id for i in batch))
     assert store.get_watermark("labeled").last_feedback_id == mark.last_feedback_id
-    store.add_feedback(ids[1], "top_up_failed", LABELS)
+    store.add_feedback(ids[1], "top_up_failed", LABELS, task=SEQUENCE)
     assert [i.text for i in store.feedback_since(mark.last_feedback_id)] == ["y"]
     time.sleep(0.01)
     moved = store.set_watermark("labeled", 0)  # backwards on purpose: re-ingest everything

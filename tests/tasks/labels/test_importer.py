@@ -7,7 +7,7 @@ import pytest
 from slmops.tasks.core.config import load_params
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.data.dataset import LABELED_COLUMNS, LabeledPaths, read_label_file
-from slmops.tasks.labels.importer import import_labels, import_pending
+from slmops.tasks.pipeline.prepare import import_labels, import_pending
 from tests.conftest import copy_fixture, dvc_project, write_params
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

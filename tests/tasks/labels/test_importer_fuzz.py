@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from slmops.tasks.core.config import CsvImportConfig, ImportConfig, load_params
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.data.dataset import LabeledPaths, normalise
-from slmops.tasks.labels.importer import import_labels
 from slmops.tasks.labels.sources import read_votes, resolve_votes
+from slmops.tasks.pipeline.prepare import import_labels
+from slmops.tasks.task_types import LABEL_FORMATS
 from tests.conftest import TINY_LABELS, build_tiny_project
 from tests.snapshots import labeled_state
 
@@ -105,7 +106,7 @@ def workdir(tmp_path_factory) -> Path:
 def _parse(path: Path, cfg: ImportConfig) -> None:
     """Read and vote; only DataError may come out."""
     try:
-        table = read_votes(path, cfg)
+        table = read_votes(path, cfg, LABEL_FORMATS)
     except DataError as exc:
         assert str(path) in str(exc), exc  # every error names the file
         return

@@ -14,19 +14,23 @@ from hypothesis import strategies as st
 from slmops.tasks.core.config import CsvImportConfig, ImportConfig, LabelStudioImportConfig
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.labels.sources import (
-    FORMATS,
+    BASE_FORMATS,
     NO_ANNOTATIONS_ONLY_PREDICTIONS,
     NO_USABLE_ANNOTATION,
     QUARANTINED_COLUMNS,
     REJECTED_COLUMNS,
     RESOLVED_COLUMNS,
     VOTE_COLUMNS,
+    LabelFormat,
+    VoteTable,
     detect_format,
     read_votes,
     resolve_votes,
 )
+from slmops.tasks.task_types import LABEL_FORMATS
+from tests.conftest import FIXTURES as TEST_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "label_studio"
+FIXTURES = TEST_FIXTURES / "label_studio"
 FULL = FIXTURES / "export_full.json"
 MIN = FIXTURES / "export_min.json"
 CSV = FIXTURES / "labels.csv"
@@ -97,7 +101,7 @@ def vote_frame(votes: list[tuple[str, str, str]]) -> pd.DataFrame:
 
 
 def test_full_export_gives_one_vote_per_completed_annotation() -> None:
-    table = read_votes(FULL, DEFAULT)
+    table = read_votes(FULL, DEFAULT, LABEL_FORMATS)
 
     assert table.fmt == "label_studio_json"
     assert list(table.votes.columns) == list(VOTE_COLUMNS)
@@ -108,7 +112,7 @@ def test_full_export_gives_one_vote_per_completed_annotation() -> None:
 
 
 def test_full_export_ignores_cancelled_annotations_and_predictions() -> None:
-    table = read_votes(FULL, DEFAULT)
+    table = read_votes(FULL, DEFAULT, LABEL_FORMATS)
 
     # Task 104: the cancelled annotation by user 3 is a skip, not a vote.
     assert rows(table.votes[table.votes["source_id"] == "104"], ["annotator", "label"]) == [
@@ -128,7 +132,7 @@ def test_full_export_falls_back_to_annotation_id_and_strips(tmp_path: Path) -> N
     annotation["id"] = 55
     path = write_json(tmp_path, [ls_task(9, "  where is my card?\n", annotation)])
 
-    votes = read_votes(path, DEFAULT).votes
+    votes = read_votes(path, DEFAULT, LABEL_FORMATS).votes
 
     assert rows(votes, VOTE_COLUMNS) == [
         ("where is my card?", "card_arrival", "annotation-55", "9")
@@ -149,7 +153,7 @@ def test_multi_choice_annotation_rejects_the_task(tmp_path: Path) -> None:
         ],
     )
 
-    table = read_votes(path, DEFAULT)
+    table = read_votes(path, DEFAULT, LABEL_FORMATS)
 
     assert list(table.votes["source_id"]) == ["2"]
     [(text, label, source_id, reason)] = rows(table.rejected, REJECTED_COLUMNS)
@@ -167,7 +171,7 @@ def test_empty_text_and_empty_label_are_rejected(tmp_path: Path) -> None:
         ],
     )
 
-    table = read_votes(path, DEFAULT)
+    table = read_votes(path, DEFAULT, LABEL_FORMATS)
 
     assert rows(table.votes, VOTE_COLUMNS) == [("rate?", "exchange_rate", "5", "2")]
     assert rows(table.rejected, ["source_id", "reason"]) == [
@@ -189,16 +193,16 @@ def test_from_name_selects_the_choices_control(tmp_path: Path) -> None:
     path = write_json(tmp_path, [ls_task(1, "where is my card", annotation)])
 
     with pytest.raises(DataError, match=r"intent, urgency.*label_studio\.from_name"):
-        read_votes(path, DEFAULT)
+        read_votes(path, DEFAULT, LABEL_FORMATS)
     cfg = ImportConfig(label_studio=LabelStudioImportConfig(from_name="intent"))
-    assert list(read_votes(path, cfg).votes["label"]) == ["card_arrival"]
+    assert list(read_votes(path, cfg, LABEL_FORMATS).votes["label"]) == ["card_arrival"]
 
 
 # --- Label Studio JSON-MIN ---------------------------------------------------------
 
 
 def test_min_export_gives_the_same_votes_as_the_full_export() -> None:
-    table = read_votes(MIN, DEFAULT)
+    table = read_votes(MIN, DEFAULT, LABEL_FORMATS)
 
     assert table.fmt == "label_studio_min"
     assert rows(table.votes, ["text", "label", "source_id"]) == EXPORT_VOTES
@@ -223,13 +227,13 @@ def test_min_export_label_key_from_config(tmp_path: Path) -> None:
     path = write_json(tmp_path, items)
 
     with pytest.raises(DataError) as err:
-        read_votes(path, DEFAULT)
+        read_votes(path, DEFAULT, LABEL_FORMATS)
     message = str(err.value)
     assert message.startswith(str(path))
     assert "intent, comment" in message and "label_import.label_studio.from_name" in message
 
     cfg = ImportConfig(label_studio=LabelStudioImportConfig(from_name="intent"))
-    votes = read_votes(path, cfg, fmt="label_studio_min").votes
+    votes = read_votes(path, cfg, LABEL_FORMATS, fmt="label_studio_min").votes
     assert rows(votes, VOTE_COLUMNS) == [
         ("rate?", "exchange_rate", "item-0", "1"),
         ("rate?", "exchange_rate", "4", "1"),
@@ -242,7 +246,7 @@ def test_min_export_multi_choice_rejects_the_task(tmp_path: Path) -> None:
         {"id": 1, "text": "t", "intent": "a", "annotator": "y"},
         {"id": 2, "text": "u", "intent": ["c"], "annotator": "x"},
     ]
-    table = read_votes(write_json(tmp_path, items), DEFAULT)
+    table = read_votes(write_json(tmp_path, items), DEFAULT, LABEL_FORMATS)
 
     assert rows(table.votes, ["label", "source_id"]) == [("c", "2")]
     assert rows(table.rejected, ["label", "source_id"]) == [("a|b", "1")]
@@ -255,7 +259,7 @@ def test_csv_with_bom_crlf_and_custom_columns() -> None:
     raw = CSV.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw  # what this test is about
 
-    table = read_votes(CSV, CSV_CFG)
+    table = read_votes(CSV, CSV_CFG, LABEL_FORMATS)
 
     assert table.fmt == "csv"
     stolen = "I think someone took my card, it was in my bag"
@@ -279,7 +283,7 @@ def test_csv_without_annotator_counts_every_row(tmp_path: Path) -> None:
     path = tmp_path / "labels.tsv"
     path.write_text('text\tlabel\n"two\nlines"\ta\n\nsame\tb\nsame\tb\n', encoding="utf-8")
 
-    votes = read_votes(path, DEFAULT).votes
+    votes = read_votes(path, DEFAULT, LABEL_FORMATS).votes
 
     assert rows(votes, VOTE_COLUMNS) == [
         ("two\nlines", "a", "row1", "line 2"),
@@ -292,7 +296,7 @@ def test_csv_without_annotator_counts_every_row(tmp_path: Path) -> None:
 
 def test_csv_missing_column_names_file_column_and_columns_found() -> None:
     with pytest.raises(DataError) as err:
-        read_votes(CSV, DEFAULT)  # expects text/label columns
+        read_votes(CSV, DEFAULT, LABEL_FORMATS)  # expects text/label columns
     message = str(err.value)
     assert message.startswith(str(CSV))
     assert "'text'" in message and "utterance, intent, annotator" in message
@@ -302,7 +306,7 @@ def test_csv_row_with_wrong_field_count(tmp_path: Path) -> None:
     path = tmp_path / "l.csv"
     path.write_text("text,label\na,b\nc,d,e\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"l\.csv: line 3: expected 2 fields"):
-        read_votes(path, DEFAULT)
+        read_votes(path, DEFAULT, LABEL_FORMATS)
 
 
 # --- Format detection --------------------------------------------------------------
@@ -313,18 +317,42 @@ def test_csv_row_with_wrong_field_count(tmp_path: Path) -> None:
     [(FULL, "label_studio_json"), (MIN, "label_studio_min"), (CSV, "csv")],
 )
 def test_detect_format(path: Path, fmt: str) -> None:
-    assert fmt in FORMATS
-    assert detect_format(path) == fmt
-    assert read_votes(path, CSV_CFG).fmt == fmt
+    assert fmt in {f.name for f in LABEL_FORMATS}
+    assert detect_format(path, LABEL_FORMATS) == fmt
+    assert read_votes(path, CSV_CFG, LABEL_FORMATS).fmt == fmt
 
 
 def test_unknown_extension_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "labels.xlsx"
     path.write_bytes(b"PK")
     with pytest.raises(DataError, match=r"labels\.xlsx: unknown file type '\.xlsx'"):
-        detect_format(path)
+        detect_format(path, LABEL_FORMATS)
     with pytest.raises(DataError, match="unknown format"):
-        read_votes(FULL, DEFAULT, fmt="yaml")
+        read_votes(FULL, DEFAULT, LABEL_FORMATS, fmt="yaml")
+
+
+def test_the_registry_decides_what_is_read(tmp_path: Path) -> None:
+    """The engine's own formats do not include a task type's: a .conll file is an unknown
+    type to them, and a format that is passed in is detected (JSON: before the base ones)
+    and read."""
+    conll = tmp_path / "labels.conll"
+    conll.write_text("Paris\tB-location\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"unknown file type '\.conll': expected .*\.csv or \.tsv"):
+        detect_format(conll, BASE_FORMATS)
+    seen = []
+
+    def read(path: Path, cfg: ImportConfig, data: list | None) -> VoteTable:
+        seen.append(data)
+        votes = pd.DataFrame({c: ["x"] for c in VOTE_COLUMNS})
+        return VoteTable(votes, pd.DataFrame(columns=list(REJECTED_COLUMNS)), "mine")
+
+    mine = LabelFormat("mine", (".json",), read, claims=lambda data, cfg: data == [7])
+    path = tmp_path / "mine.json"
+    path.write_text("[7]", encoding="utf-8")
+    assert detect_format(path, (mine, *BASE_FORMATS)) == "mine"
+    assert read_votes(path, DEFAULT, (mine, *BASE_FORMATS)).fmt == "mine"
+    assert seen == [[7]]  # the parsed JSON is handed over, not read twice
+    assert detect_format(FULL, (mine, *BASE_FORMATS)) == "label_studio_json"
 
 
 # --- Structural errors -------------------------------------------------------------
@@ -334,7 +362,7 @@ def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('[\n  {"id": 1,\n   "data": {"text": "hi"}\n  ,,\n]', encoding="utf-8")
     with pytest.raises(DataError) as err:
-        read_votes(path, DEFAULT)
+        read_votes(path, DEFAULT, LABEL_FORMATS)
     message = str(err.value)
     assert message.startswith(f"{path}: line 4, column")
     assert "malformed JSON" in message
@@ -345,7 +373,7 @@ def test_task_missing_text_field_names_the_task(tmp_path: Path) -> None:
     bad = {"id": 17, "data": {"utterance": "hi"}, "annotations": []}
     path = write_json(tmp_path, [good, good, bad])
     with pytest.raises(DataError) as err:
-        read_votes(path, DEFAULT)
+        read_votes(path, DEFAULT, LABEL_FORMATS)
     message = str(err.value)
     assert message.startswith(f"{path}: task 17 (index 2): data.text: missing")
     assert "utterance" in message and "text_field" in message
@@ -368,28 +396,28 @@ def test_task_missing_text_field_names_the_task(tmp_path: Path) -> None:
 def test_structural_errors(tmp_path: Path, data: Any, expected: str) -> None:
     path = write_json(tmp_path, data)
     with pytest.raises(DataError) as err:
-        read_votes(path, DEFAULT, fmt="label_studio_json")
+        read_votes(path, DEFAULT, LABEL_FORMATS, fmt="label_studio_json")
     assert str(err.value).startswith(f"{path}: ")
     assert expected in str(err.value)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing\.json: file not found"):
-        read_votes(tmp_path / "missing.json", DEFAULT)
+        read_votes(tmp_path / "missing.json", DEFAULT, LABEL_FORMATS)
 
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"\xef\xbb\xbf\r\n")
     with pytest.raises(DataError, match=r"empty\.csv: file is empty"):
-        read_votes(empty, DEFAULT)
+        read_votes(empty, DEFAULT, LABEL_FORMATS)
 
     latin1 = tmp_path / "latin1.json"
     latin1.write_bytes(b'[{"text": "caf\xe9"}]')
     with pytest.raises(DataError, match=r"latin1\.json: not valid UTF-8 .* at byte 14\)"):
-        read_votes(latin1, DEFAULT)
+        read_votes(latin1, DEFAULT, LABEL_FORMATS)
     # The offset counts the BOM, so it points at the byte in the file.
     latin1.write_bytes(b'\xef\xbb\xbf[{"text": "caf\xe9"}]')
     with pytest.raises(DataError, match=r"at byte 17\)"):
-        read_votes(latin1, DEFAULT)
+        read_votes(latin1, DEFAULT, LABEL_FORMATS)
 
 
 # --- Voting --------------------------------------------------------------------------
@@ -457,7 +485,7 @@ def test_resolve_empty_input() -> None:
 
 
 def test_fixture_votes_resolve_as_expected() -> None:
-    resolved, quarantined = resolve_votes(read_votes(FULL, DEFAULT).votes, 0.5)
+    resolved, quarantined = resolve_votes(read_votes(FULL, DEFAULT, LABEL_FORMATS).votes, 0.5)
     assert rows(resolved, ["text", "label", "agreement"]) == [
         (CARD, "card_arrival", 1.0),
         (STOLEN, "lost_or_stolen_card", 0.6667),

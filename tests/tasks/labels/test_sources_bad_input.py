@@ -15,7 +15,7 @@ import pytest
 from slmops.tasks.core.config import load_params
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.data.dataset import LabeledPaths
-from slmops.tasks.labels.importer import import_labels
+from slmops.tasks.pipeline.prepare import import_labels
 from tests.snapshots import labeled_state
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -241,8 +241,9 @@ def test_feedback_ingestion_killed_inside_dvc_add_or_before_git_commit_lands_onc
 ):
     from slmops.tasks.data.dataset import LabeledPaths, load_label_set, read_labeled
     from slmops.tasks.data.versioning import track
-    from slmops.tasks.feedback.ingest import ingest_feedback, watermark
+    from slmops.tasks.feedback.ingest import watermark
     from slmops.tasks.feedback.store import FeedbackStore
+    from slmops.tasks.pipeline.prepare import ingest_feedback
     from tests.tasks.feedback.test_ingest import NEW_TEXTS, predict_and_correct
 
     root = dvc_project(tiny_project)
@@ -277,7 +278,8 @@ def test_feedback_ingestion_killed_inside_dvc_add_or_before_git_commit_lands_onc
             root,
             body,
             "from slmops.tasks.feedback.store import FeedbackStore\n"
-            "ingest.ingest_feedback(params, FeedbackStore.from_params(params))\n",
+            "from slmops.tasks.pipeline.prepare import ingest_feedback\n"
+            "ingest_feedback(params, FeedbackStore.from_params(params))\n",
         )
         with FeedbackStore.from_params(params) as store:
             assert watermark(store) == before, point  # the watermark moves last
@@ -302,13 +304,13 @@ def test_feedback_ingestion_killed_inside_dvc_add_or_before_git_commit_lands_onc
 def test_evaluation_and_registration_killed_never_register_or_serve_a_mismatch(
     tmp_path: Path, monkeypatch, git_identity
 ):
-    from slmops.tasks.data.split import write_splits
     from slmops.tasks.pipeline.challenger import (
         evaluate_challenger,
         model_digest,
         register_challenger,
         train_challenger,
     )
+    from slmops.tasks.pipeline.prepare import write_splits
     from tests.conftest import training_project
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

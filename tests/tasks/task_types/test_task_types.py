@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, BertConfig
 
 from slmops.tasks.core.config import TaskName
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.model.inference import resolve_base_model
+from slmops.tasks.model.runtime import resolve_base_model
 from slmops.tasks.task_types import (
     TASK_TYPES,
     SequenceClassification,
@@ -21,6 +21,7 @@ from slmops.tasks.task_types import (
     TokenClassification,
     stratified_fraction,
     task_of,
+    task_of_model,
     task_type,
 )
 from slmops.tasks.task_types.token import spans as sp
@@ -50,6 +51,13 @@ def test_task_of_reads_the_architecture():
     assert task_of(BertConfig(architectures=["BertForSequenceClassification"])) is SEQ
     assert task_of(BertConfig()) is SEQ, "no architectures: the default type"
     assert TOKEN.auto_class().__name__ == "AutoModelForTokenClassification"
+
+
+def test_task_of_model_reads_the_folder_config(tmp_path):
+    BertConfig(architectures=["BertForTokenClassification"]).save_pretrained(tmp_path / "ner")
+    BertConfig().save_pretrained(tmp_path / "plain")
+    assert task_of_model(tmp_path / "ner") is TOKEN
+    assert task_of_model(str(tmp_path / "plain")) is SEQ, "no architectures: the default type"
 
 
 def test_outputs_and_label_sets_go_both_ways():
@@ -133,7 +141,30 @@ def test_a_third_type_is_one_subclass():
     missing = {
         name for name, value in vars(TaskType).items() if getattr(value, "__isabstractmethod__", 0)
     }
-    assert {"outputs", "encode", "val_scorer", "evaluate", "score", "format_score"} <= missing
+    assert {
+        "outputs", "encode", "val_scorer", "eval_predictions", "eval_report", "score",
+        "format_score", "predict_call",
+    } <= missing  # fmt: skip
+    assert not hasattr(TaskType, "train"), "training is train_model(..., task=...)"
     with pytest.raises(TypeError, match="abstract"):
         type("Half", (TaskType,), {"outputs": lambda self, s: list(s)})()
     assert sp.tag_names(["x"]) == TOKEN.outputs(["x"])
+
+
+def test_a_reviewer_answers_in_the_field_of_the_task_type():
+    """A feedback body carries a label for a text classifier and spans for a token
+    classifier; a label cell goes there and back unchanged."""
+    assert (SEQ.feedback_field, TOKEN.feedback_field) == ("label", "entities")
+    assert SEQ.feedback_answer("card_arrival") == "card_arrival"
+    assert SEQ.feedback_cell("card_arrival") == "card_arrival"
+    spans = [{"start": 0, "end": 12, "label": "person"}]
+    assert TOKEN.feedback_answer('[[0,12,"person"]]') == spans
+    assert TOKEN.feedback_answer("[]") == []
+    assert sp.loads(TOKEN.feedback_cell(spans)) == sp.loads('[[0,12,"person"]]')
+
+
+def test_answers_are_shown_as_entities_or_a_label():
+    entity = {"text": "Taylor Swift", "label": "person", "score": 0.876}
+    assert TOKEN.shown({"entities": [entity]}) == "'Taylor Swift' person (0.88)"
+    assert TOKEN.shown({"entities": []}) == "no entities"
+    assert SEQ.shown({"label": "card_arrival", "confidence": 0.5}) == "card_arrival (0.50)"

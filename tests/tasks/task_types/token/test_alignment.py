@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from slmops.tasks.model.inference import resolve_base_model
+from slmops.tasks.model.runtime import resolve_base_model
+from slmops.tasks.task_types.token import spans as sp
 from slmops.tasks.task_types.token.alignment import (
     IGNORE_INDEX,
     NO_WORD,
@@ -20,7 +21,6 @@ from slmops.tasks.task_types.token.alignment import (
     token_words,
     word_tags,
 )
-from slmops.tasks.task_types.token import spans as sp
 from tests.tasks.tiny_model import WNUT_TYPES, tiny_ner_frames
 
 TYPES = ["location", "person"]

@@ -12,6 +12,7 @@ import pytest
 from slmops.tasks.core.config import ImportConfig
 from slmops.tasks.core.errors import DataError
 from slmops.tasks.labels.sources import detect_format, read_votes, resolve_votes
+from slmops.tasks.task_types import LABEL_FORMATS
 from slmops.tasks.task_types.token import spans as sp
 from slmops.tasks.task_types.token.conll import read_conll, write_conll
 
@@ -145,8 +146,8 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_read_votes_detects_conll_by_suffix(tmp_path: Path) -> None:
     path = conll(tmp_path, GOOD)
-    assert detect_format(path) == "conll"
-    table = read_votes(path, ImportConfig())
+    assert detect_format(path, LABEL_FORMATS) == "conll"
+    table = read_votes(path, ImportConfig(), LABEL_FORMATS)
     assert table.fmt == "conll" and len(table.votes) == 2
     resolved, quarantined = resolve_votes(table.votes, 0.5)
     assert quarantined.empty

@@ -12,11 +12,14 @@ import pytest
 from slmops.tasks.core.config import EvalConfig
 from slmops.tasks.model.evaluate import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, evaluate_model
 from slmops.tasks.model.inference import Predictor
+from slmops.tasks.task_types import task_type
 from slmops.tasks.task_types.token import spans as sp
 from slmops.tasks.task_types.token.metrics import entity_report
+from slmops.tasks.task_types.token.predict import predict_entities
 from tests.tasks.tiny_model import WNUT_TYPES, make_tiny_model, tiny_ner_frames
 
 TAGS = sp.tag_names(WNUT_TYPES)
+NER = task_type("token_classification")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def predictor(tmp_path_factory) -> Predictor:
     model = make_tiny_model(
         tmp_path_factory.mktemp("tiny") / "ner", labels=TAGS, task="token_classification"
     )
-    return Predictor.from_dir(model, device="cpu")
+    return Predictor.from_dir(model, device="cpu", task=NER)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def frames(predictor) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows are exactly right and F1 is not 0) and a validation frame with sources."""
     val, test = tiny_ner_frames(16, 40)
     half = len(test) // 2
-    own = predictor.predict_entities(test["text"].head(half).tolist())
+    own = predict_entities(predictor, test["text"].head(half).tolist())
     test = test.copy()
     test.loc[: half - 1, "label"] = [
         sp.dumps([(e["start"], e["end"], e["label"]) for e in row]) for row in own
@@ -47,7 +50,7 @@ def evaluated(predictor, frames, tmp_path_factory):
     test, val = frames
     out = tmp_path_factory.mktemp("eval")
     cfg = EvalConfig(latency_samples=3, length_buckets=[10, 20])
-    return evaluate_model(predictor, test, cfg, out, val=val, model="sha256:abc"), out
+    return evaluate_model(predictor, test, cfg, out, task=NER, val=val, model="sha256:abc"), out
 
 
 def test_the_same_files_are_written(evaluated):
@@ -125,7 +128,9 @@ def test_word_confusion_counts_match_the_tags(evaluated, frames):
 
 def test_no_source_column_no_source_slice(predictor, frames, tmp_path):
     test, _ = frames
-    result = evaluate_model(predictor, test.head(5), EvalConfig(latency_samples=0), tmp_path)
+    result = evaluate_model(
+        predictor, test.head(5), EvalConfig(latency_samples=0), tmp_path, task=NER
+    )
     assert "source_val" not in result.report["slices"]
     assert "latency_p50_ms" not in result.metrics
     assert "source" not in result.predictions.columns

@@ -10,7 +10,8 @@ import pytest
 
 from slmops.tasks.core.config import ImportConfig
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.labels.sources import FORMATS, detect_format, read_votes, resolve_votes
+from slmops.tasks.labels.sources import detect_format, read_votes, resolve_votes
+from slmops.tasks.task_types import LABEL_FORMATS
 from slmops.tasks.task_types.token.label_studio import is_span_export, read_label_studio_spans
 
 CFG = ImportConfig()
@@ -59,8 +60,8 @@ def test_each_annotation_is_a_vote_with_canonical_span_json(tmp_path: Path) -> N
             task(2, annotation(21, 7), text="nothing to see"),
         ],
     )
-    assert detect_format(path) == "label_studio_spans" and "label_studio_spans" in FORMATS
-    table = read_votes(path, CFG)
+    assert detect_format(path, LABEL_FORMATS) == "label_studio_spans"
+    table = read_votes(path, CFG, LABEL_FORMATS)
     assert table.fmt == "label_studio_spans"
     assert table.rejected.empty
     votes = table.votes
@@ -80,7 +81,7 @@ def test_each_annotation_is_a_vote_with_canonical_span_json(tmp_path: Path) -> N
 
 def test_predictions_are_not_votes(tmp_path: Path) -> None:
     path = export(tmp_path, [task(1, predictions=[{"result": [PERSON]}])])
-    table = read_votes(path, CFG)
+    table = read_votes(path, CFG, LABEL_FORMATS)
     assert table.fmt == "label_studio_spans"
     assert table.votes.empty
     assert "predictions are model output" in table.rejected["reason"][0]
@@ -88,7 +89,7 @@ def test_predictions_are_not_votes(tmp_path: Path) -> None:
 
 def test_only_cancelled_annotations_leave_no_vote(tmp_path: Path) -> None:
     path = export(tmp_path, [task(1, annotation(11, 7, PERSON, was_cancelled=True))])
-    table = read_votes(path, CFG)
+    table = read_votes(path, CFG, LABEL_FORMATS)
     assert table.votes.empty
     assert table.rejected["reason"][0] == "no usable annotation (all skipped or empty)"
 
@@ -123,7 +124,7 @@ def test_a_bad_region_rejects_the_task_naming_task_and_annotation(
     path = export(
         tmp_path, [task(5, annotation(50, 7, PERSON), annotation(51, 8, *regions)), task(6)]
     )
-    table = read_votes(path, CFG)
+    table = read_votes(path, CFG, LABEL_FORMATS)
     # Task 5 is rejected as a whole: keeping only annotator 7's vote would hide a disagreement.
     assert table.votes.empty
     rejected = table.rejected.set_index("source_id")
@@ -140,7 +141,7 @@ def test_value_text_may_differ_in_whitespace_only(tmp_path: Path) -> None:
         tmp_path,
         [task(1, annotation(11, 7, region(4, 13, "location", text="New York")), text=text)],
     )
-    table = read_votes(path, CFG)
+    table = read_votes(path, CFG, LABEL_FORMATS)
     assert table.rejected.empty
     assert table.votes["label"][0] == '[[4,13,"location"]]'
 
@@ -151,7 +152,7 @@ def test_offsets_in_utf16_code_units_are_reported_not_converted(tmp_path: Path) 
         tmp_path,
         [task(1, annotation(11, 7, region(3, 8, "location", text="Paris")), text=text)],
     )
-    table = read_votes(path, CFG)
+    table = read_votes(path, CFG, LABEL_FORMATS)
     assert table.votes.empty
     reason = table.rejected["reason"][0]
     assert "the offsets fit [2, 7] counted in UTF-16 code units" in reason
@@ -162,7 +163,7 @@ def test_leading_whitespace_of_the_text_is_stripped_and_spans_shifted(tmp_path: 
         tmp_path,
         [task(1, annotation(11, 7, region(2, 7, "location", text="Paris")), text="  Paris ")],
     )
-    votes = read_votes(path, CFG).votes
+    votes = read_votes(path, CFG, LABEL_FORMATS).votes
     assert votes["text"][0] == "Paris"
     assert votes["label"][0] == '[[0,5,"location"]]'
 
@@ -187,7 +188,9 @@ def test_several_annotators_vote_through_resolve_votes(tmp_path: Path) -> None:
             ),
         ],
     )
-    resolved, quarantined = resolve_votes(read_votes(path, CFG).votes, min_agreement=0.5)
+    resolved, quarantined = resolve_votes(
+        read_votes(path, CFG, LABEL_FORMATS).votes, min_agreement=0.5
+    )
     assert resolved.to_dict("records") == [
         {
             "text": TEXT,
@@ -210,15 +213,15 @@ def test_labels_from_two_controls_need_from_name(tmp_path: Path) -> None:
     other = {**region(21, 26, "location"), "from_name": "pii"}
     path = export(tmp_path, [task(1, annotation(11, 7, PERSON, other))])
     with pytest.raises(DataError, match=r"export\.json: task 1 \(index 0\): span labels from"):
-        read_votes(path, CFG)
+        read_votes(path, CFG, LABEL_FORMATS)
     cfg = ImportConfig(label_studio={"from_name": "label"})
-    assert read_votes(path, cfg).votes["label"][0] == '[[0,12,"person"]]'
+    assert read_votes(path, cfg, LABEL_FORMATS).votes["label"][0] == '[[0,12,"person"]]'
 
 
 def test_choices_and_labels_together_stay_classification(tmp_path: Path) -> None:
     tasks = [task(1, annotation(11, 7, PERSON, {"from_name": "s", "value": {"choices": ["pos"]}}))]
     path = export(tmp_path, tasks)
-    assert detect_format(path) == "label_studio_json"
+    assert detect_format(path, LABEL_FORMATS) == "label_studio_json"
     assert is_span_export(tasks, ImportConfig(label_studio={"from_name": "label"}))
 
 
@@ -235,7 +238,7 @@ def test_choices_and_labels_together_stay_classification(tmp_path: Path) -> None
 def test_structural_errors_name_file_and_task(tmp_path: Path, tasks: list, message: str) -> None:
     path = export(tmp_path, tasks)
     with pytest.raises(DataError, match=r"export\.json: .*" + message):
-        read_votes(path, CFG, fmt="label_studio_spans")
+        read_votes(path, CFG, LABEL_FORMATS, fmt="label_studio_spans")
 
 
 # --- JSON-MIN ------------------------------------------------------------------------
@@ -257,8 +260,8 @@ def test_json_min_export(tmp_path: Path) -> None:
             min_item(2, None, "", None),  # a task without annotations (label-studio-sdk)
         ],
     )
-    assert detect_format(path) == "label_studio_spans"
-    table = read_votes(path, CFG)
+    assert detect_format(path, LABEL_FORMATS) == "label_studio_spans"
+    table = read_votes(path, CFG, LABEL_FORMATS)
     assert table.votes[["label", "annotator", "source_id"]].to_dict("records") == [
         {"label": '[[0,12,"person"],[21,26,"location"]]', "annotator": "a@x.org", "source_id": "1"},
         {"label": "[]", "annotator": "b@x.org", "source_id": "1"},

@@ -14,22 +14,24 @@ from safetensors.torch import load_file
 
 from slmops.tasks.core.config import ConfigError, TrainConfig
 from slmops.tasks.core.errors import DataError
+from slmops.tasks.model.checkpoints import LAST, TRAINER_FILE, fingerprint
 from slmops.tasks.model.inference import LABELS_FILE, Predictor
-from slmops.tasks.model.train import (
-    LAST,
-    TRAINER_FILE,
-    _batch_targets,
-    _check_frames,
-    _loss,
-    fingerprint,
-    train_model,
+from slmops.tasks.model.runtime import IGNORE_INDEX
+from slmops.tasks.model.train import _batch_targets, _check_frames, _loss, train_model
+from slmops.tasks.task_types import (
+    SequenceClassification,
+    TokenClassification,
+    task_of_model,
+    task_type,
 )
-from slmops.tasks.task_types import TokenClassification, task_type
-from slmops.tasks.task_types.token.alignment import IGNORE_INDEX
+from slmops.tasks.task_types.token import alignment
 from slmops.tasks.task_types.token import spans as sp
+from slmops.tasks.task_types.token.predict import predict_entities
 from tests.tasks.tiny_model import WNUT_TYPES, make_tiny_model, tiny_ner_frames
 
 TOKEN = "token_classification"
+TOKENS = task_type(TOKEN)
+SEQUENCE = SequenceClassification()
 HISTORY_KEYS = {
     "epoch",
     "train_loss",
@@ -77,7 +79,7 @@ def trained(base_model, frames, tmp_path_factory):
     root = tmp_path_factory.mktemp("ner")
     result = train_model(
         *frames, WNUT_TYPES, config(base_model), root / "model", root / "ck",
-        progress=False, task=TOKEN,
+        progress=False, task=TOKENS,
     )  # fmt: skip
     return result, root
 
@@ -107,10 +109,10 @@ def test_a_token_classifier_trains_and_writes_its_tag_names(trained, frames):
     best = max(result.history, key=lambda r: r["val_f1"])  # first of equals, as training
     assert result.best_epoch == best["epoch"]
 
-    predictor = Predictor.from_dir(model_dir, device="cpu")
-    assert predictor.task == TOKEN
+    predictor = Predictor.from_dir(model_dir, device="cpu", task=task_of_model(model_dir))
+    assert predictor.task.name == TOKEN
     assert predictor.label_set == WNUT_TYPES
-    found = predictor.predict_entities(frames[1]["text"].tolist())
+    found = predict_entities(predictor, frames[1]["text"].tolist())
     assert len(found) == len(frames[1])
 
 
@@ -127,11 +129,11 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     cfg = config(base_model)
     with pytest.raises(Interrupt):
         train_model(
-            *frames, WNUT_TYPES, cfg, out, ck, on_epoch=kill_after_1, progress=False, task=TOKEN
+            *frames, WNUT_TYPES, cfg, out, ck, on_epoch=kill_after_1, progress=False, task=TOKENS
         )
     assert json.loads((ck / LAST / TRAINER_FILE).read_text())["epoch"] == 1
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
-        resumed = train_model(*frames, WNUT_TYPES, cfg, out, ck, progress=False, task=TOKEN)
+        resumed = train_model(*frames, WNUT_TYPES, cfg, out, ck, progress=False, task=TOKENS)
     assert "resuming from epoch 1" in caplog.text
     assert resumed.resumed_from_epoch == 1
     want = load_file(root / "model" / "model.safetensors")
@@ -152,7 +154,7 @@ def test_a_checkpoint_of_another_task_or_target_rule_is_not_resumed(
     with pytest.raises(Interrupt):
         train_model(
             *frames, WNUT_TYPES, config(base_model, epochs=1), out, ck, on_epoch=stop,
-            progress=False, task=TOKEN,
+            progress=False, task=TOKENS,
         )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
         result = train_model(
@@ -167,18 +169,18 @@ def test_a_checkpoint_of_another_task_or_target_rule_is_not_resumed(
 def test_fingerprint_includes_the_task(base_model, frames):
     train, val = frames
     cfg = config(base_model)
-    token = fingerprint(train, val, WNUT_TYPES, cfg, TOKEN)
+    token = fingerprint(train, val, WNUT_TYPES, cfg, TOKENS)
     assert token["task"] == TOKEN
-    assert token != fingerprint(train, val, WNUT_TYPES, cfg)
-    assert fingerprint(train, val, WNUT_TYPES, cfg)["task"] == "sequence_classification"
+    assert token != fingerprint(train, val, WNUT_TYPES, cfg, SEQUENCE)
+    assert fingerprint(train, val, WNUT_TYPES, cfg, SEQUENCE)["task"] == "sequence_classification"
     every_piece = TokenClassification(label_all_subwords=True)
     assert token != fingerprint(train, val, WNUT_TYPES, cfg, every_piece)
     assert fingerprint(train, val, WNUT_TYPES, cfg, every_piece)["config"]["label_all_subwords"]
-    assert token == fingerprint(train.copy(), val.copy(), list(WNUT_TYPES), cfg, TOKEN)
+    assert token == fingerprint(train.copy(), val.copy(), list(WNUT_TYPES), cfg, TOKENS)
 
 
-def test_unknown_task_is_a_config_error(base_model, frames, tmp_path):
-    with pytest.raises(ConfigError, match="task 'ner'"):
+def test_a_task_name_instead_of_a_task_type_is_a_config_error(base_model, frames, tmp_path):
+    with pytest.raises(ConfigError, match="task 'ner': expected a TaskType"):
         train_model(
             *frames, WNUT_TYPES, config(base_model), tmp_path / "m", tmp_path / "c", task="ner"
         )
@@ -186,25 +188,29 @@ def test_unknown_task_is_a_config_error(base_model, frames, tmp_path):
 
 def test_bad_span_cells_are_named_with_frame_and_row(frames):
     train, val = frames
-    _check_frames(train, val, WNUT_TYPES, TOKEN)  # the real rows pass
+    _check_frames(train, val, WNUT_TYPES, TOKENS)  # the real rows pass
     bad = val.copy()
     bad.loc[3, "label"] = "person"
     with pytest.raises(DataError, match=r"^val row 3: not a JSON list"):
-        _check_frames(train, bad, WNUT_TYPES, TOKEN)
+        _check_frames(train, bad, WNUT_TYPES, TOKENS)
     bad = train.copy()
     bad.loc[5, "label"] = json.dumps([[0, 2, "person"]])  # "4Dbling": cuts the word
     with pytest.raises(DataError, match=r"^train row 5: span \[0, 2, 'person'\] .*cuts a word"):
-        _check_frames(bad, val, WNUT_TYPES, TOKEN)
+        _check_frames(bad, val, WNUT_TYPES, TOKENS)
     bad = train.copy()
     bad.loc[4, "label"] = json.dumps([[0, 7, "animal"]])
     with pytest.raises(DataError, match=r"^train row 4: entity types not in the label set"):
-        _check_frames(bad, val, WNUT_TYPES, TOKEN)
+        _check_frames(bad, val, WNUT_TYPES, TOKENS)
     shifted = train.iloc[10:]
     shifted.loc[12, "label"] = '[[0, 999, "person"]]'
     with pytest.raises(DataError, match=r"^train row 2 \(index 12\): span .* outside the text"):
-        _check_frames(shifted, val, WNUT_TYPES, TOKEN)
+        _check_frames(shifted, val, WNUT_TYPES, TOKENS)
     with pytest.raises(DataError, match="the label list is empty"):
-        _check_frames(train, val, [], TOKEN)
+        _check_frames(train, val, [], TOKENS)
+
+
+def test_the_token_targets_ignore_what_the_loss_ignores():
+    assert alignment.IGNORE_INDEX == IGNORE_INDEX == -100
 
 
 def test_targets_and_loss_for_tokens_and_classes():

@@ -1,3 +1,5 @@
+"""The classification checks of the validation gate, run through its engine."""
+
 import json
 from pathlib import Path
 
@@ -5,7 +7,9 @@ import pandas as pd
 import pytest
 
 from slmops.tasks.core.config import Params, parse_params
-from slmops.tasks.validation.gate import CHECKS, validate_file, validate_frame, write_outputs
+from slmops.tasks.pipeline.prepare import validate_file
+from slmops.tasks.task_types.sequence.validate import CHECKS, validate_frame
+from slmops.tasks.validation.gate import write_outputs
 
 LABELS = ["card_arrival", "exchange_rate"]
 
