@@ -206,11 +206,19 @@ def load_side(
     import torch
 
     from slmops.tasks.model.inference import load_predictor
+    from slmops.tasks.task_types import SequenceClassification
 
     torch.set_num_threads(threads)
     if side == PIPELINE:
         return PipelineSide(folder, max_length)
-    return load_predictor(side, folder, onnx_files.get(side), device="cpu", num_threads=threads)
+    return load_predictor(
+        side,
+        folder,
+        onnx_files.get(side),
+        task=SequenceClassification(),
+        device="cpu",
+        num_threads=threads,
+    )
 
 
 def load_and_predict(
@@ -354,14 +362,15 @@ def measure(
     from slmops.tasks.model.inference import load_predictor
     from slmops.tasks.task_types import SequenceClassification
 
-    accuracy = SequenceClassification().format_score
+    task = SequenceClassification()
+    accuracy = task.format_score
 
     quiet_transformers()
     threads = os.cpu_count() or 1
     folder = model.folder
     clock = Phases()
 
-    fp32 = export_onnx(folder, workdir / "onnx" / ONNX_FILE, export_cfg.opset)
+    fp32 = export_onnx(folder, workdir / "onnx" / ONNX_FILE, export_cfg.opset, task=task)
     clock.lap("onnx export")
     int8 = quantize_onnx(
         fp32,
@@ -381,7 +390,7 @@ def measure(
     }
 
     # torch fp32 first: the pipeline truncates to the length our predictors use.
-    reference = load_predictor("torch", folder, device="cpu", num_threads=threads)
+    reference = load_predictor("torch", folder, task=task, device="cpu", num_threads=threads)
     max_length = reference.max_length
     sides: dict[str, Any] = {}
     for side in SIDES:

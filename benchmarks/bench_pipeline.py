@@ -38,7 +38,7 @@ checkout's registry, data versions and Prefect database are never touched.
    starts and their import times reported apart.
 5. **Peak memory.** Training: the flow process's resident memory, sampled from
    ``/proc`` every 0.1 s, at its highest during the ``train`` task run. Service:
-   ``python -m serving`` on a free loopback port serving the champion the flow
+   ``python -m slmops.serving`` on a free loopback port serving the champion the flow
    left, under a short concurrent ``/predict`` load (single texts and batches of
    ``serve.max_batch`` texts); its ``VmHWM`` (peak resident memory) after it.
 """
@@ -438,6 +438,7 @@ def child_gate(args: dict[str, Any]) -> dict[str, Any]:
     import slmops.tasks.validation.gate as validate
     from slmops.tasks.core.config import load_params
     from slmops.tasks.data.dataset import LABELED_COLUMNS, read_labeled, read_test
+    from slmops.tasks.task_types import task_type
 
     params = load_params("params.yaml")
     df = _synthetic_labeled(read_labeled(params), read_test(params)["text"], args["rows"], seed=5)
@@ -461,7 +462,11 @@ def child_gate(args: dict[str, Any]) -> dict[str, Any]:
     def call(name: str, i: int) -> tuple[float, float]:
         start = time.perf_counter()
         result, _ = validate.validate_file(
-            work / f"{name}.csv", params, required=LABELED_COLUMNS, out_dir=work / f"{name}{i}"
+            work / f"{name}.csv",
+            params,
+            task_type(params),
+            required=LABELED_COLUMNS,
+            out_dir=work / f"{name}{i}",
         )
         seconds = time.perf_counter() - start
         if not result.passed or len(result.quarantined):
@@ -566,9 +571,11 @@ def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
     imports = {m: _timed_import(m) for m in INGEST_IMPORTS}
     import slmops.tasks.feedback.ingest as ingest
     import slmops.tasks.labels.importer as label_import
+    import slmops.tasks.task_types.sequence.classification as sequence
     from slmops.tasks.core.config import load_params
     from slmops.tasks.feedback.store import FeedbackStore
     from slmops.tasks.registry.tracking import record_live_accuracy
+    from slmops.tasks.task_types import task_type
 
     params = load_params("params.yaml")
     _fill_feedback_store(params, args["rows"], str(args["version"]), args["seed"])
@@ -579,12 +586,13 @@ def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
     for name in ("ingested_ids", "merge_votes", "track", "commit_data_version"):
         _timed_attr(ingest, name, steps)
     # Inside merge_votes: vote resolution, the gate on the merged data, the merge itself.
-    for name in ("resolve_votes", "validate_frame", "_merge"):
+    for name in ("resolve_votes", "_merge"):
         _timed_attr(label_import, name, steps)
+    _timed_attr(sequence, "validate_frame", steps)
 
     start = time.perf_counter()
     with FeedbackStore.from_params(params) as store:
-        result = ingest.ingest_feedback(params, store)
+        result = ingest.ingest_feedback(params, store, task_type(params))
     middle = time.perf_counter()
     record_live_accuracy(params, result.live)
     end = time.perf_counter()

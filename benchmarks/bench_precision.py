@@ -81,11 +81,12 @@ def serving_measure(folder: Any, test: Any, rounds: int, singles: int) -> dict[s
     from slmops.tasks.task_types import SequenceClassification
 
     budget = Budget("serving", None, rounds, warmup=1, singles=singles, batches=1, memory=False)
+    task = SequenceClassification()
     predictors = {
-        p: load_predictor(fmt, folder, device="cpu", num_threads=os.cpu_count())
+        p: load_predictor(fmt, folder, task=task, device="cpu", num_threads=os.cpu_count())
         for p, fmt in SERVING_FORMATS.items()
     }
-    accuracy = SequenceClassification().format_score
+    accuracy = task.format_score
     acc = {p: accuracy(pred, test) for p, pred in predictors.items()}
     plan = plan_rounds(test["text"].astype(str).tolist(), budget)
     fns = {p: timed_side(*calls(pred), plan) for p, pred in predictors.items()}

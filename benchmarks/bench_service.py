@@ -190,10 +190,12 @@ class FolderSource:
         """Load the folder like the registry source loads a version (warm-up included)."""
         from slmops.serving.model_source import WARMUP_TEXT, LoadedModel
         from slmops.tasks.model.inference import Predictor
+        from slmops.tasks.task_types import task_of_model
 
         train = self.params.train
         predictor = Predictor.from_dir(
             self.folder,
+            task=task_of_model(self.folder),
             device=train.device,
             precision=train.precision,
             num_threads=served_threads(self.params),
@@ -234,7 +236,8 @@ def untrained_model(params: Any, folder: Path, labels: Sequence[str]) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from slmops.tasks.model.inference import LABELS_FILE, resolve_base_model
+    from slmops.tasks.model.inference import LABELS_FILE
+    from slmops.tasks.model.runtime import resolve_base_model
 
     base = resolve_base_model(params.train.base_model)
     torch.manual_seed(0)

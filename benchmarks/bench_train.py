@@ -1,7 +1,7 @@
 """Training throughput: our fine-tuning task vs Hugging Face ``Trainer``, default and by length.
 
 Three sides fine-tune the same base model (all-MiniLM-L6-v2, offline) on the
-same rows of the project's train split (``slmops.tasks.data.split.split_frame`` of the
+same rows of the project's train split (the task type's ``split_frame`` of the
 labeled data, as ``slmops split`` cuts it), with the same batch size, learning
 rate, linear schedule with the same number of warm-up steps, epochs, seed,
 weight decay, gradient clipping and torch threads:
@@ -71,11 +71,12 @@ def load_data(spec: dict[str, Any]) -> dict[str, Any]:
     """Train, validation and test frames and the label list, as ``spec`` selects them."""
     from slmops.tasks.core.config import load_params
     from slmops.tasks.data.dataset import load_label_set, read_labeled, read_test
-    from slmops.tasks.data.split import split_frame
-    from slmops.tasks.task_types import stratified_fraction
+    from slmops.tasks.task_types import stratified_fraction, task_type
 
     params = load_params(REPO / "params.yaml")
-    train, val = split_frame(read_labeled(params), params.split.val_fraction, params.split.seed)
+    train, val = task_type(params).split_frame(
+        read_labeled(params), params.split.val_fraction, params.split.seed
+    )
     test = read_test(params)
     seed = spec["seed"]
     if spec.get("train_examples"):
@@ -182,8 +183,9 @@ def _train_ours(data: dict[str, Any], spec: dict[str, Any], work: Path) -> dict[
     from transformers import AutoTokenizer
 
     from slmops.tasks.core.config import TrainConfig
-    from slmops.tasks.model.inference import resolve_base_model
+    from slmops.tasks.model.runtime import resolve_base_model
     from slmops.tasks.model.train import length_bucketed_batches, train_model
+    from slmops.tasks.task_types import SequenceClassification
 
     cfg = TrainConfig(
         **spec["train"],
@@ -195,7 +197,7 @@ def _train_ours(data: dict[str, Any], spec: dict[str, Any], work: Path) -> dict[
     )
     result = train_model(
         data["train"], data["val"], data["labels"], cfg, work / "model", work / "checkpoints",
-        progress=False,
+        task=SequenceClassification(), progress=False,
     )  # fmt: skip
 
     # The same batches the task trained on (their order depends only on seed and
@@ -282,7 +284,8 @@ def _train_trainer(
         set_seed,
     )
 
-    from slmops.tasks.model.inference import LABELS_FILE, resolve_base_model
+    from slmops.tasks.model.inference import LABELS_FILE
+    from slmops.tasks.model.runtime import resolve_base_model
 
     t = spec["train"]
     labels = data["labels"]
@@ -384,8 +387,11 @@ def _test_accuracy(model_dir: Path, test, spec: dict[str, Any]) -> dict[str, flo
     from sklearn.metrics import f1_score
 
     from slmops.tasks.model.inference import Predictor
+    from slmops.tasks.task_types import SequenceClassification
 
-    predictor = Predictor.from_dir(model_dir, num_threads=spec["threads"])
+    predictor = Predictor.from_dir(
+        model_dir, num_threads=spec["threads"], task=SequenceClassification()
+    )
     preds = predictor.predict(test["text"].astype(str).tolist())
     truth = test["label"].astype(str).tolist()
     return {

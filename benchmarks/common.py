@@ -63,7 +63,7 @@ LIBRARIES = (
 # CPU flags that decide which kernels torch can use (bf16 matmuls need avx512_bf16 or amx).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
-# Set in every benchmark process: nothing may reach the network (see DESIGN.md).
+# Set in every benchmark process: nothing may reach the network (docs/architecture.md).
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

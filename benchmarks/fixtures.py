@@ -44,7 +44,7 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "bench@slmops.invalid",
 }
 
-# Nothing reaches for the network (see DESIGN.md), whatever the caller's environment says.
+# Nothing reaches for the network, whatever the caller's environment says (docs/architecture.md).
 NO_TELEMETRY = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -191,7 +191,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> Non
 def serve(
     root: Path, env: dict[str, str], *, port: int | None = None, timeout: float = 300
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m serving`` in ``root`` on a free loopback port, ready (champion loaded).
+    """``python -m slmops.serving`` in ``root`` on a free loopback port, ready (champion loaded).
 
     Yields the process and its base URL; stops it (SIGINT, then SIGKILL) after.
     The service's log goes to ``root/serve.log``.

@@ -1,9 +1,9 @@
 """Serving formats: export a fine-tuned model, check each format on the test split,
 choose the one to serve, and store them with the registered version.
 
-At promotion (:func:`tasks.registry.promotion.apply`) the promoted version is exported
-before the ``champion`` alias moves, so the service never sees a champion
-without its formats:
+At promotion (:func:`slmops.tasks.pipeline.promote.export_version`, the ``retrain``
+flow's ``export`` step) the promoted version is exported before the ``champion``
+alias moves, so the service never sees a champion without its formats:
 
 - ``onnx``: ``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``:
   the dynamo one needs onnxscript), dynamic batch and sequence axes, checked
@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -63,15 +62,14 @@ import torch
 import yaml
 
 from slmops.tasks.core.config import ExportConfig, Params, ServeFormat
+from slmops.tasks.core.task_type import TaskType
 from slmops.tasks.model.inference import (
     ONNX_FORMATS,
     BasePredictor,
     load_predictor,
-    native_bf16,
     ort_session,
-    softmax,
 )
-from slmops.tasks.task_types import TaskType, task_of, task_type
+from slmops.tasks.model.runtime import native_bf16, softmax
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +132,6 @@ def arrange_model_folder(root: Path) -> Path:
     return folder
 
 
-def version_download_uri(client, name: str, version: str) -> str:
-    """Where a registered version's model files are, resolved with ``client``.
-
-    MLflow's ``models:/`` artifact repository looks the version up through the
-    process-wide registry URI, ignoring the one it is given (and would read,
-    and create, ./mlflow.db instead), so the URI is resolved here.
-    """
-    uri = client.get_model_version_download_uri(name, version)
-    if uri.startswith("models:/"):  # a logged model's id (MLflow 3 sources)
-        uri = client.get_logged_model(uri.removeprefix("models:/").strip("/")).artifact_location
-    return uri
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -164,27 +149,30 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.names, inputs, strict=True))).logits
 
 
-def export_onnx(model_dir: str | Path, dest: str | Path, opset: int = 17) -> Path:
-    """Export the fine-tuned ``model_dir`` to ONNX fp32 at ``dest``; return ``dest``.
+def export_onnx(
+    model_dir: str | Path, dest: str | Path, opset: int = 17, *, task: TaskType
+) -> Path:
+    """Export the fine-tuned ``model_dir`` (a model of type ``task``) to ONNX fp32 at
+    ``dest``; return ``dest``.
 
     Inputs are the tokenizer's (``input_ids``, ``attention_mask`` and, for BERT,
     ``token_type_ids``) with dynamic batch and sequence axes; the output is
-    ``logits`` ``[batch, labels]``, or ``[batch, sequence, tags]`` for a token
-    classifier (both axes dynamic). The graph is checked with ``onnx.checker``
-    and against torch on a few padded texts.
+    ``logits`` ``[batch, labels]``, or ``[batch, sequence, tags]`` for a model that
+    answers per token (both axes dynamic). The graph is checked with
+    ``onnx.checker`` and against torch on a few padded texts.
     """
+    # onnx and transformers are heavy: loaded only when exporting
     import onnx
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_dir, dest = Path(model_dir), Path(dest)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    task = task_of(AutoConfig.from_pretrained(str(model_dir)))
     model = (
         task.auto_class()
         .from_pretrained(str(model_dir), use_safetensors=True, dtype=torch.float32)
         .eval()
     )
-    # A token classifier answers per token: its output has the sequence axis too.
+    # A model that answers per token has the sequence axis in its output too.
     logits_axes = {0: "batch", 1: "sequence"} if task.per_token else {0: "batch"}
     sample = ["my card has not arrived yet, what should I do?", "top up"]
     encoded = tokenizer(sample, padding=True, return_tensors="pt")
@@ -275,14 +263,21 @@ class FormatCheck:
 
 
 def measure_speed(
-    predictors: dict[str, BasePredictor], texts: list[str], rounds: int, per_round: int
+    predictors: dict[str, BasePredictor],
+    texts: list[str],
+    rounds: int,
+    per_round: int,
+    *,
+    task: TaskType,
 ) -> dict[str, dict[str, float]]:
     """Batch-1 latency (p50/p95, ms) and batch-32 throughput (examples/s, median) per
-    predictor, the predictors interleaved round by round so load hits all alike."""
+    predictor, the predictors interleaved round by round so load hits all alike; each
+    timed as ``task`` answers (:meth:`~slmops.tasks.core.task_type.TaskType.predict_call`:
+    decoding included)."""
     rng = np.random.default_rng(0)
     lat: dict[str, list[float]] = {k: [] for k in predictors}
     thr: dict[str, list[float]] = {k: [] for k in predictors}
-    calls = {name: task_type(p.task).predict_call(p) for name, p in predictors.items()}
+    calls = {name: task.predict_call(p) for name, p in predictors.items()}
     for predict in calls.values():  # warm-up: first calls allocate and initialise
         predict(texts[:2], batch_size=1)
         predict(texts[:TIMING_BATCH], batch_size=TIMING_BATCH)
@@ -360,17 +355,19 @@ def check_formats(
     test: pd.DataFrame,
     cfg: ExportConfig,
     *,
+    task: TaskType,
     fp32_accuracy: float | None = None,
     num_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Export ``cfg.formats`` of ``model_dir`` into ``out_dir``, check each on ``test``
-    (columns ``text``, ``label``), choose one, write ``out_dir/formats.json``; return it.
+    """Export ``cfg.formats`` of ``model_dir`` (a model of type ``task``) into
+    ``out_dir``, check each on ``test`` (columns ``text``, ``label``), choose one,
+    write ``out_dir/formats.json``; return it.
 
     Formats are scored by the task type's
-    :meth:`~tasks.task_types.TaskType.format_score`: accuracy, or entity micro-F1
-    for a token classifier (``metric`` in the report; ``max_accuracy_drop`` then
-    bounds the F1 drop). ``fp32_accuracy`` is torch fp32's score on the same rows when
-    already known (the version's evaluation); else it is measured here.
+    :meth:`~slmops.tasks.core.task_type.TaskType.format_score`: accuracy, or entity
+    micro-F1 for a token classifier (``metric`` in the report; ``max_accuracy_drop``
+    then bounds the F1 drop). ``fp32_accuracy`` is torch fp32's score on the same rows
+    when already known (the version's evaluation); else it is measured here.
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -388,7 +385,7 @@ def check_formats(
         if any(f in ONNX_FORMATS for f in wanted):
             # int8 is quantized from the fp32 graph, which is kept only if wanted itself.
             fp32 = Path(tmp) / ONNX_FILE
-            export_onnx(model_dir, fp32, cfg.opset)
+            export_onnx(model_dir, fp32, cfg.opset, task=task)
             if "onnx" in wanted:
                 (out_dir / "onnx").mkdir(exist_ok=True)
                 onnx_files["onnx"] = Path(shutil.copy2(fp32, out_dir / "onnx" / ONNX_FILE))
@@ -423,9 +420,8 @@ def check_formats(
     predictors: dict[str, BasePredictor] = {}
     for fmt in checks:
         predictors[fmt] = load_predictor(
-            fmt, model_dir, onnx_files.get(fmt), device="cpu", num_threads=num_threads
+            fmt, model_dir, onnx_files.get(fmt), task=task, device="cpu", num_threads=num_threads
         )
-    task = task_type(predictors[REFERENCE].task)
     for fmt, check in checks.items():
         if fmt == REFERENCE and fp32_accuracy is not None:
             check.accuracy, check.accuracy_source = float(fp32_accuracy), "evaluation"
@@ -439,7 +435,7 @@ def check_formats(
         )
     if cfg.measure:
         timings = measure_speed(
-            predictors, test["text"].tolist(), cfg.measure_rounds, cfg.measure_texts
+            predictors, test["text"].tolist(), cfg.measure_rounds, cfg.measure_texts, task=task
         )
         for fmt, figures in timings.items():
             for key, value in figures.items():
@@ -454,7 +450,7 @@ def check_formats(
         "schema": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "test_rows": len(test),
-        "task": predictors[REFERENCE].task,
+        "task": task.name.value,
         # What the "accuracy" fields hold: accuracy, or entity micro-F1.
         "metric": task.format_metric,
         "reference": {"format": REFERENCE, "accuracy": reference},
@@ -493,119 +489,9 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-# --------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------- at promotion
 
 
 def export_threads(params: Params) -> int | None:
     """Threads for the export's checks: ``export.num_threads``, else the serving ones."""
     return params.export.num_threads or params.serve.num_threads or params.train.num_threads
-
-
-def _reference_accuracy(params: Params, mv, key: str = "metrics.accuracy") -> float | None:
-    """The version's own torch fp32 test score (tag ``key``: accuracy, or ``metrics.f1``
-    for a token classifier), if measured on the workspace's test split."""
-    from slmops.tasks.core.errors import DataError
-    from slmops.tasks.data.dataset import LabeledPaths
-    from slmops.tasks.data.versioning import data_hash
-
-    try:
-        workspace = data_hash(LabeledPaths(params).test_dir)
-    except DataError:
-        return None
-    tags = mv.tags or {}
-    if tags.get("data.test_hash") != workspace or key not in tags:
-        return None
-    try:
-        return float(tags[key])
-    except ValueError:
-        return None
-
-
-def _folder_task(folder: Path) -> TaskType:
-    from transformers import AutoConfig
-
-    return task_of(AutoConfig.from_pretrained(str(folder)))
-
-
-def export_version(params: Params, client, version: str) -> dict[str, Any]:
-    """Export the formats of registered ``version``, store them on its run and tag it.
-
-    Downloads the version's model, runs :func:`check_formats` on the frozen
-    test split, logs ``formats/`` to the version's run and sets the ``format.*``
-    tags. Raises on any failure (see :func:`export_on_promotion`).
-    """
-    import mlflow
-
-    from slmops.tasks.data.dataset import read_test
-    from slmops.tasks.registry.tracking import tracking_uri
-
-    name = params.registry.model_name
-    mv = client.get_model_version(name, version)
-    if not mv.run_id:
-        raise ModelFilesError(f"{name} version {version} has no run to store its formats on")
-    test = read_test(params)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory(prefix="slmops-formats-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=version_download_uri(client, name, version),
-                dst_path=str(Path(tmp) / "download"),
-                tracking_uri=tracking_uri(params),
-            )
-        )
-        folder = arrange_model_folder(local)
-        out = Path(tmp) / FORMATS_DIR
-        # Formats are compared by the task's figure (entity F1 for NER), its own tag included.
-        task = _folder_task(folder)
-        report = check_formats(
-            folder,
-            out,
-            test,
-            params.export,
-            fp32_accuracy=_reference_accuracy(params, mv, f"metrics.{task.eval_metric}"),
-            num_threads=export_threads(params),
-        )
-        report["model"] = {"name": name, "version": str(version), "run_id": mv.run_id}
-        (out / FORMATS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        client.log_artifacts(mv.run_id, str(out), artifact_path=FORMATS_DIR)
-    tags = {EXPORT_STATUS_TAG: "ok", CHOSEN_TAG: report["chosen"]}
-    for fmt, check in report["formats"].items():
-        if check["accuracy"] is not None:
-            tags[f"format.{fmt}.accuracy"] = f"{check['accuracy']:.4f}"
-        if check["size_bytes"] is not None:
-            tags[f"format.{fmt}.size_mb"] = f"{check['size_bytes'] / 1e6:.1f}"
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    return report
-
-
-def export_on_promotion(params: Params, client, version: str) -> dict[str, Any]:
-    """:func:`export_version`, never raising: what promotion calls.
-
-    A failed export must not lose a promotion the gate granted: the version
-    becomes champion all the same and is served in torch fp32 (the service
-    logs the missing format and shows it in ``/health`` and ``/model``). The
-    failure is logged as a warning and tagged on the version
-    (``format.export: failed``, ``format.error``). Returns ``{"chosen", "error"}``.
-    """
-    name = params.registry.model_name
-    if not params.export.enabled:
-        return {"chosen": None, "error": None, "skipped": "export.enabled is false"}
-    try:
-        report = export_version(params, client, version)
-    except Exception as exc:  # torch, onnx, onnxruntime, MLflow and I/O raise many types
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning(
-            "%s version %s: serving formats not exported (%s); it is promoted all the same "
-            "and will be served in torch fp32",
-            name,
-            version,
-            error,
-        )
-        try:
-            client.set_model_version_tag(name, version, EXPORT_STATUS_TAG, "failed")
-            client.set_model_version_tag(name, version, "format.error", error[:4000])
-        except Exception as tag_exc:  # the registry itself may be what failed
-            log.warning("could not tag the failed export: %s", tag_exc)
-        return {"chosen": None, "error": error}
-    return {"chosen": report["chosen"], "error": None, "seconds": report["seconds"]}

@@ -33,7 +33,8 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 DECIMALS = 6
 
 
-def _r(value: float) -> float:
+def rounded(value: float) -> float:
+    """``value`` as a plain float rounded to the reports' decimals."""
     return round(float(value), DECIMALS)
 
 
@@ -88,18 +89,18 @@ def classification_report(
     present = np.isin(np.asarray(labels, dtype=object), np.concatenate([y, y_pred]))
     ece, _ = expected_calibration_error(probs.max(axis=1), correct, ece_bins)
     return {
-        "accuracy": _r(correct.mean()),
-        "macro_f1": _r(f1[present].mean()),
-        "weighted_f1": _r(np.average(f1, weights=support)),
-        "macro_precision": _r(precision[present].mean()),
-        "macro_recall": _r(recall[present].mean()),
+        "accuracy": rounded(correct.mean()),
+        "macro_f1": rounded(f1[present].mean()),
+        "weighted_f1": rounded(np.average(f1, weights=support)),
+        "macro_precision": rounded(precision[present].mean()),
+        "macro_recall": rounded(recall[present].mean()),
         "ece": ece,
         "n": len(y),
         "per_class": {
             label: {
-                "precision": _r(precision[j]),
-                "recall": _r(recall[j]),
-                "f1": _r(f1[j]),
+                "precision": rounded(precision[j]),
+                "recall": rounded(recall[j]),
+                "f1": rounded(f1[j]),
                 "support": int(support[j]),
             }
             for j, label in enumerate(labels)
@@ -142,14 +143,14 @@ def expected_calibration_error(
             ece += count[b] / conf.size * abs(acc - mean_conf)
         rows.append(
             {
-                "bin_lower": _r(edges[b]),
-                "bin_upper": _r(edges[b + 1]),
+                "bin_lower": rounded(edges[b]),
+                "bin_upper": rounded(edges[b + 1]),
                 "count": int(count[b]),
-                "accuracy": None if acc is None else _r(acc),
-                "confidence": None if mean_conf is None else _r(mean_conf),
+                "accuracy": None if acc is None else rounded(acc),
+                "confidence": None if mean_conf is None else rounded(mean_conf),
             }
         )
-    return _r(ece), rows
+    return rounded(ece), rows
 
 
 def length_bucket_names(length_buckets: Sequence[int]) -> list[str]:
@@ -175,8 +176,8 @@ def _slice_scores(y: pd.Series, pred: pd.Series) -> dict[str, Any]:
     present = sorted(set(y))
     return {
         "n": len(y),
-        "accuracy": _r((y.to_numpy() == pred.to_numpy()).mean()),
-        "macro_f1": _r(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "accuracy": rounded((y.to_numpy() == pred.to_numpy()).mean()),
+        "macro_f1": rounded(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
     }
 
 

@@ -1,23 +1,10 @@
 """Fine-tuning the base model into a sequence or token classifier, resumable epoch by epoch.
 
 A plain torch loop rather than ``transformers.Trainer``: it tokenizes once,
-batches by length (each batch padded only to its own longest text: 2.25x the
-throughput of random batches on BANKING77 on a CPU), checkpoints after every
-epoch and resumes a killed run to the same weights an uninterrupted run ends with.
-
-Checkpoints (``checkpoint_dir``, removed once the model is written)::
-
-    last/   config.json, model.safetensors   weights after the last completed epoch
-            training_state.pt                optimizer, scheduler, grad scaler, RNG states
-            trainer.json                     epoch, history, best score and epoch
-            fingerprint.json                 hash of data + labels + training settings
-    best/   config.json, model.safetensors   weights of the best epoch (validation macro-F1;
-                                             entity F1 for a token classifier)
-            best.json                        its epoch and score
-
-Each folder is written to a temporary sibling and renamed into place, so a kill
-never leaves a half-written checkpoint. A run whose fingerprint matches
-``last/`` resumes after its epoch; any other run starts fresh and replaces it.
+batches by length (each batch padded only to its own longest text, which pads
+far less than random batches), checkpoints after every epoch
+(:mod:`slmops.tasks.model.checkpoints`) and resumes a killed run to the same
+weights an uninterrupted run ends with.
 
 Several GPUs (or processes): launch the same command with ``torchrun`` or
 ``accelerate launch``, no code change::
@@ -33,34 +20,30 @@ so they all take the same early-stopping decision; rank 0 alone writes
 checkpoints and the model. Several nodes need ``checkpoint_dir`` and
 ``output_dir`` on a filesystem they share.
 
-Every task type shares the loop (``task``, :mod:`tasks.task_types`): the task
-type samples and checks the rows, encodes them into inputs and targets, names
-the model's outputs and scores each epoch on the validation rows. The targets
-are a class id per row for ``sequence_classification``, and for
-``token_classification`` (NER; label cells are span JSON, :mod:`tasks.task_types.token.spans`)
-an id per token, the first sub-word of each word carrying the word's BIO tag
-and the rest ``-100`` (:mod:`tasks.task_types.token.alignment`); its ``labels`` argument is
-the list of entity types, its outputs (config and ``labels.json``) the BIO tag
-names, ``O`` first. The loss is cross-entropy over the flattened logits with
-``ignore_index=-100`` for both, so the batching, checkpoints, resumption, early
-stopping, precision and DDP code is one. A token classifier's validation metrics
-are the loss per labelled token, the word-level tag accuracy (``val_accuracy``,
-every word of each text: words cut by truncation are predicted ``O``), the micro
-entity F1 (``val_f1``, strict span match, the best-epoch and early-stopping
-score) and the macro entity F1 over types (``val_macro_f1``).
+Every task type shares the loop: the caller picks the task type
+(:class:`~slmops.tasks.core.task_type.TaskType`, e.g.
+``slmops.tasks.task_types.task_type(params)``) and passes it in; it samples and
+checks the rows, encodes them into inputs and targets, names the model's outputs
+and scores each epoch on the validation rows. The targets are a class id per row
+for ``sequence_classification``, and for ``token_classification`` (NER; label
+cells are span JSON) an id per token, the first sub-word of each word carrying
+the word's BIO tag and the rest :data:`~slmops.tasks.model.runtime.IGNORE_INDEX`;
+its ``labels`` argument is the list of entity types, its outputs (config and
+``labels.json``) the BIO tag names, ``O`` first. The loss is cross-entropy over
+the flattened logits ignoring ``IGNORE_INDEX`` for both, so the batching,
+checkpoints, resumption, early stopping, precision and DDP code is one. A token
+classifier's validation metrics are the loss per labelled token, the word-level
+tag accuracy (``val_accuracy``, every word of each text: words cut by truncation
+are predicted ``O``), the micro entity F1 (``val_f1``, strict span match, the
+best-epoch and early-stopping score) and the macro entity F1 over types
+(``val_macro_f1``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,11 +55,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from slmops.tasks.core.config import ConfigError, TaskName, TrainConfig
+from slmops.tasks.core.config import ConfigError, TrainConfig
 from slmops.tasks.core.errors import DataError
+from slmops.tasks.core.task_type import TaskType, ValScorer
+from slmops.tasks.model.checkpoints import (
+    Checkpoint,
+    clear_checkpoints,
+    find_checkpoint,
+    fingerprint,
+    load_training_state,
+    no_transformers_bars,
+    save_checkpoint,
+    write_model,
+)
 from slmops.tasks.model.distributed import Dist
-from slmops.tasks.model.inference import (
-    LABELS_FILE,
+from slmops.tasks.model.runtime import (
+    IGNORE_INDEX,
     autocast,
     autocast_dtype,
     pad_batch,
@@ -84,35 +78,8 @@ from slmops.tasks.model.inference import (
     precision_name,
     resolve_base_model,
 )
-from slmops.tasks.task_types import TaskType, ValScorer, task_type
-from slmops.tasks.task_types.token.alignment import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-LAST = "last"
-BEST = "best"
-STATE_FILE = "training_state.pt"
-TRAINER_FILE = "trainer.json"
-FINGERPRINT_FILE = "fingerprint.json"
-BEST_FILE = "best.json"
-
-# Settings that change the weights a run ends with; the others (device, threads,
-# folders) may differ between a killed run and its resumption.
-FINGERPRINT_FIELDS = (
-    "base_model",
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "weight_decay",
-    "warmup_ratio",
-    "max_grad_norm",
-    "max_length",
-    "bucket_batches",
-    "early_stopping_patience",
-    "data_fraction",
-    "seed",
-    "precision",
-)
 
 
 @dataclass
@@ -163,39 +130,14 @@ def length_bucketed_batches(
     return batches
 
 
-def fingerprint(
-    train: pd.DataFrame,
-    val: pd.DataFrame,
-    labels: list[str],
-    cfg: TrainConfig,
-    task: str | TaskType = TaskName.sequence_classification,
-) -> dict[str, Any]:
-    """What identifies a run: hashes of the data and the label list, the task, its
-    settings (:meth:`TaskType.settings`) and the training settings."""
-
-    def frame_hash(df: pd.DataFrame) -> str:
-        h = hashlib.sha256()
-        for text, label in zip(df["text"], df["label"], strict=True):
-            h.update(json.dumps([str(text), str(label)], ensure_ascii=False).encode("utf-8"))
-            h.update(b"\n")
-        return h.hexdigest()
-
-    task = task_type(task)
-    settings = cfg.model_dump(mode="json")
-    return {
-        "train": frame_hash(train),
-        "val": frame_hash(val),
-        "labels": hashlib.sha256(json.dumps(list(labels)).encode("utf-8")).hexdigest(),
-        "task": task.name.value,
-        "config": {**{k: settings[k] for k in FINGERPRINT_FIELDS}, **task.settings()},
-    }
+# --------------------------------------------------------------------------- checks
 
 
 def _check_frames(
     train: pd.DataFrame,
     val: pd.DataFrame,
     labels: list[str],
-    task: str | TaskType = TaskName.sequence_classification,
+    task: TaskType,
 ) -> None:
     """Raise :class:`DataError` naming the frame (and the row) that cannot be trained on
     (``labels``: the label set; the rows' label cells are checked by the task type)."""
@@ -207,108 +149,9 @@ def _check_frames(
         for col in ("text", "label"):
             if col not in df.columns:
                 raise DataError(f"{name}: no column {col!r} (has {list(df.columns)})")
-        task_type(task).check_rows(name, df, labels)
+        task.check_rows(name, df, labels)
     if train.empty:
         raise DataError("train: no rows to train on")
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished folder ``tmp`` to ``dest``, replacing what was there."""
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _temp_dir(dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _no_transformers_bars(quiet: bool = True) -> Iterator[None]:
-    """Hide transformers' own progress bars (one-shard saves, weight loading)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if quiet and was_enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if quiet and was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _save_weights(model, dest: Path, extra: dict[str, Any]) -> None:
-    tmp = _temp_dir(dest)
-    try:
-        with _no_transformers_bars():
-            model.save_pretrained(tmp)
-        for name, obj in extra.items():
-            if name.endswith(".json"):
-                _write_json(obj, tmp / name)
-            else:
-                torch.save(obj, tmp / name)
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _find_last(checkpoint_dir: Path) -> Path | None:
-    last = checkpoint_dir / LAST
-    if (last / TRAINER_FILE).is_file():
-        return last
-    # Killed between the two renames of _replace_dir: the previous one is intact.
-    old = checkpoint_dir / f".{LAST}.old"
-    if (old / TRAINER_FILE).is_file():
-        return old
-    return None
-
-
-def _clear_checkpoints(checkpoint_dir: Path) -> None:
-    """Remove what this module wrote in ``checkpoint_dir`` (and the folder if then empty)."""
-    if not checkpoint_dir.is_dir():
-        return
-    for child in checkpoint_dir.iterdir():
-        ours = child.name in (LAST, BEST) or child.name.startswith((f".{LAST}.", f".{BEST}."))
-        if ours and child.is_dir():
-            shutil.rmtree(child)
-    if not any(checkpoint_dir.iterdir()):
-        checkpoint_dir.rmdir()
-
-
-def _rng_states() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    py = states["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, *rest = states["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(states["torch"])
-    cuda = states.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 # --------------------------------------------------------------------------- model
@@ -334,10 +177,10 @@ def _adamw(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimiz
     """AdamW, fused into one kernel per parameter group on CPUs and CUDA GPUs.
 
     On a CPU torch otherwise runs its for-loop implementation: a dozen passes
-    over every parameter tensor per step. MiniLM-L6 has 22.7M parameters, half
-    of them the word embeddings (whose gradient is dense), so that was about a
-    quarter of each training step on 2 CPU cores. Fused, it is one pass; the
-    update is the same (``Trainer``'s default optimizer is the fused one too).
+    over every parameter tensor per step, a large share of a small model's step
+    (half of MiniLM's parameters are the word embeddings, whose gradient is
+    dense). Fused, it is one pass; the update is the same (``Trainer``'s default
+    optimizer is the fused one too).
     """
     return torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay),
@@ -419,6 +262,61 @@ def _validate(
 # --------------------------------------------------------------------------- training
 
 
+@dataclass
+class _Run:
+    """What every part of one training run needs to know."""
+
+    cfg: TrainConfig
+    task: TaskType
+    device: torch.device
+    amp: torch.dtype | None
+    dist: Dist
+    progress: bool
+    checkpoint_dir: Path
+
+
+@dataclass
+class _Encoded:
+    """The rows tokenized once: the inputs and targets (see :func:`_batch_targets`)."""
+
+    train: dict[str, list]
+    y_train: np.ndarray | list[list[int]]
+    val: dict[str, list]
+    y_val: np.ndarray | list[list[int]]
+    lengths: np.ndarray  # tokens per training row
+    pad_id: int
+
+
+@dataclass
+class _Optim:
+    """The optimizer, its learning-rate schedule and the fp16 grad scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+@dataclass
+class _Progress:
+    """The epochs done so far and the best of them."""
+
+    history: list[dict] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    resumed_from_epoch: int | None = None
+
+    def stop_early(self, patience: int) -> bool:
+        """No gain of the best metric for ``patience`` epochs (0: never stop)."""
+        return (
+            patience > 0
+            and bool(self.history)
+            and self.history[-1]["epoch"] - self.best_epoch >= patience
+        )
+
+
 def train_model(
     train: pd.DataFrame,
     val: pd.DataFrame,
@@ -427,27 +325,26 @@ def train_model(
     output_dir: Path,
     checkpoint_dir: Path,
     *,
+    task: TaskType,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
-    task: str | TaskType = TaskName.sequence_classification,
 ) -> TrainResult:
     """Fine-tune ``cfg.base_model`` on ``train``; the best epoch (by the task type's
-    :attr:`~tasks.task_types.TaskType.best_metric` on ``val``: macro-F1, or entity F1
-    for ``token_classification``) is written to ``output_dir`` (safetensors weights,
-    tokenizer, ``labels.json``: the model's outputs in order).
+    :attr:`~slmops.tasks.core.task_type.TaskType.best_metric` on ``val``: macro-F1,
+    or entity F1 for ``token_classification``) is written to ``output_dir``
+    (safetensors weights, tokenizer, ``labels.json``: the model's outputs in order).
 
-    ``task``: a task name or a :class:`~tasks.task_types.TaskType` (with its settings,
-    such as ``TokenClassification(label_all_subwords=True)``); ``labels``: the label
-    set (the entity types of a token classifier, whose label cells are span JSON; see
-    the module doc). ``on_epoch`` receives each epoch's metrics once its checkpoint is
-    written.
+    ``task``: the task type, with its settings (such as
+    ``TokenClassification(label_all_subwords=True)``), picked by the caller;
+    ``labels``: the label set (the entity types of a token classifier, whose label
+    cells are span JSON; see the module doc). ``on_epoch`` receives each epoch's
+    metrics once its checkpoint is written.
     """
+    if not isinstance(task, TaskType):
+        raise ConfigError(
+            f"task {task!r}: expected a TaskType (slmops.tasks.task_types.task_type picks one)"
+        )
     output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
-    try:
-        task = task_type(task)
-    except ValueError:
-        known = ", ".join(t.value for t in TaskName)
-        raise ConfigError(f"task {task!r}: expected one of {known}") from None
     _check_frames(train, val, labels, task)
     device = pick_device(cfg.device)
     amp = autocast_dtype(device, cfg.precision)  # fp16 on a CPU fails here, before any work
@@ -455,95 +352,145 @@ def train_model(
     dist = Dist.from_env(device)
     if dist.world > 1:
         device = dist.device(device)
+    run = _Run(cfg, task, device, amp, dist, progress and dist.main, checkpoint_dir)
     try:
-        return _train(
-            train, val, labels, cfg, output_dir, checkpoint_dir, device, amp, on_epoch,
-            progress and dist.main, dist, task,
-        )  # fmt: skip
+        return _train(run, train, val, labels, output_dir, on_epoch)
     finally:
         torch.set_num_threads(threads_before)
         dist.close()
 
 
 def _train(
+    run: _Run,
     train: pd.DataFrame,
     val: pd.DataFrame,
     labels: list[str],
-    cfg: TrainConfig,
     output_dir: Path,
-    checkpoint_dir: Path,
-    device: torch.device,
-    amp: torch.dtype | None,
     on_epoch: Callable[[dict], None] | None,
-    progress: bool,
-    dist: Dist,
-    task: TaskType,
 ) -> TrainResult:
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
+    # transformers is heavy: imported once a run starts, not with this module.
+    from transformers import set_seed
 
+    cfg, task, dist = run.cfg, run.task, run.dist
     started = time.perf_counter()
-    threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // dist.world)
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    precision = precision_name(amp)
-
-    # ---- data
+    threads = _set_threads(run)
     fp = fingerprint(train, val, labels, cfg, task)
     fp["world_size"] = dist.world  # the effective batch, hence the weights, depend on it
     if cfg.data_fraction < 1.0:
         train = task.sample(train, cfg.data_fraction, cfg.seed)
     # The model's outputs: the labels, or the BIO tags of the entity types.
     outputs = task.outputs(labels)
-    label_index = {label: i for i, label in enumerate(outputs)}
-    score_key = task.best_metric
-    score_name = task.val_metrics[score_key]
-
-    # ---- resume or start fresh
-    resume_from = _find_last(checkpoint_dir)
-    trainer: dict[str, Any] | None = None
-    if resume_from is not None:
-        try:
-            saved_fp = json.loads((resume_from / FINGERPRINT_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved_fp = None
-        if saved_fp == fp:
-            trainer = json.loads((resume_from / TRAINER_FILE).read_text(encoding="utf-8"))
-            log.info("resuming from epoch %d (%s)", trainer["epoch"], resume_from)
-        else:
-            changed = (
-                "unreadable fingerprint"
-                if not isinstance(saved_fp, dict)
-                else ", ".join(
-                    [
-                        k
-                        for k in ("train", "val", "labels", "task", "world_size")
-                        if saved_fp.get(k, 1 if k == "world_size" else None) != fp[k]
-                    ]
-                    + [
-                        f"config.{k}"
-                        for k in fp["config"]
-                        if (saved_fp.get("config") or {}).get(k) != fp["config"][k]
-                    ]
-                )
-            )
-            log.info(
-                "starting fresh: checkpoint %s is from a different run (changed: %s)",
-                resume_from,
-                changed,
-            )
-    if trainer is None and dist.main:
-        _clear_checkpoints(checkpoint_dir)  # nothing stale (a last/ or best/ of another run)
-    dist.barrier()
+    resume = _resume_point(run, fp)
 
     set_seed(cfg.seed)
     base = resolve_base_model(cfg.base_model)
+    tokenizer, model = _load_model(run, base, outputs, resume.path if resume else None)
+    forward = dist.wrap(model)  # the model itself on one process, DDP on several
+    enc = _encode(run, tokenizer, train, val, outputs)
+    optim = _optimizer(run, model, len(train))
+    state = _restore(resume, optim) if resume is not None else _Progress()
+
+    params = _params(run, base, threads, len(train), len(val), outputs, optim, model)
+    _log_start(run, threads, len(train), len(val), labels, outputs, optim)
+    _fit(run, model, forward, enc, optim, state, val, outputs, fp, on_epoch)
+
+    if dist.main:
+        write_model(run.checkpoint_dir, output_dir, tokenizer, outputs)
+    dist.barrier()
+    log.info(
+        "best epoch %d (%s %.4f) written to %s",
+        state.best_epoch,
+        task.val_metrics[task.best_metric],
+        state.best_score,
+        output_dir,
+    )
+    return TrainResult(
+        model_dir=output_dir,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        epochs_run=state.history[-1]["epoch"] if state.history else 0,
+        resumed_from_epoch=state.resumed_from_epoch,
+        device=str(run.device),
+        precision=precision_name(run.amp),
+        train_examples=len(train),
+        seconds=time.perf_counter() - started,
+        params=params,
+        rank=dist.rank,
+    )
+
+
+def _params(
+    run: _Run,
+    base: str,
+    threads: int,
+    train_examples: int,
+    val_examples: int,
+    outputs: list[str],
+    optim: _Optim,
+    model,
+) -> dict[str, Any]:
+    """The run's parameters as logged with it: the settings and what they resolved to."""
+    return {
+        **run.cfg.model_dump(mode="json"),
+        "base_model_path": base,
+        "device": str(run.device),
+        "precision": precision_name(run.amp),
+        "num_threads": threads if run.device.type == "cpu" else None,
+        "train_examples": train_examples,
+        "val_examples": val_examples,
+        "task": run.task.name.value,
+        "num_labels": len(outputs),
+        **run.task.settings(),
+        "steps_per_epoch": optim.steps_per_epoch,
+        "total_steps": optim.total_steps,
+        "warmup_steps": optim.warmup_steps,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": run.dist.world,
+    }
+
+
+def _set_threads(run: _Run) -> int:
+    """Torch threads on a CPU (``num_threads``, or this process's share of the cores);
+    TF32 matmuls on a GPU. Returns the thread count."""
+    threads = run.cfg.num_threads or max(1, (os.cpu_count() or 1) // run.dist.world)
+    if run.device.type == "cpu":
+        torch.set_num_threads(threads)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return threads
+
+
+def _resume_point(run: _Run, fp: dict[str, Any]) -> Checkpoint | None:
+    """The checkpoint this run resumes (same fingerprint), or None: then rank 0
+    clears whatever another run left in the checkpoint folder."""
+    found = find_checkpoint(run.checkpoint_dir, fp)
+    if found is not None and found.trainer is not None:
+        log.info("resuming from epoch %d (%s)", found.trainer["epoch"], found.path)
+    elif found is not None:
+        log.info(
+            "starting fresh: checkpoint %s is from a different run (changed: %s)",
+            found.path,
+            found.changed,
+        )
+    if found is not None and found.trainer is None:
+        found = None
+    if found is None and run.dist.main:
+        clear_checkpoints(run.checkpoint_dir)  # nothing stale (a last/ or best/ of another run)
+    run.dist.barrier()
+    return found
+
+
+def _load_model(run: _Run, base: str, outputs: list[str], resume_from: Path | None):
+    """The tokenizer of ``base`` and the model in fp32 on the run's device: the
+    checkpoint's weights when resuming, else ``base`` with a new head for ``outputs``."""
+    # transformers is heavy: imported once a run starts, not with this module.
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model_class = task.auto_class()
-    with _no_transformers_bars(quiet=not progress):
-        if trainer is not None:
+    model_class = run.task.auto_class()
+    with no_transformers_bars(quiet=not run.progress):
+        if resume_from is not None:
             model = model_class.from_pretrained(
                 str(resume_from), use_safetensors=True, dtype=torch.float32
             )
@@ -553,189 +500,176 @@ def _train(
                 use_safetensors=True,  # a base model's pickle weights are never unpickled
                 num_labels=len(outputs),
                 id2label=dict(enumerate(outputs)),
-                label2id=label_index,
+                label2id={label: i for i, label in enumerate(outputs)},
                 dtype=torch.float32,
             )
-    model.to(device)
-    forward = dist.wrap(model)  # the model itself on one process, DDP on several
-    pad_id = tokenizer.pad_token_id or 0
+    model.to(run.device)
+    return tokenizer, model
 
-    # Targets: a class id per row, or per token of each row (see _batch_targets).
-    enc_train, y_train = task.encode(tokenizer, train, label_index, cfg.max_length)
-    enc_val, y_val = task.encode(tokenizer, val, label_index, cfg.max_length)
+
+def _encode(
+    run: _Run, tokenizer, train: pd.DataFrame, val: pd.DataFrame, outputs: list[str]
+) -> _Encoded:
+    """Both splits tokenized, with their targets: a class id per row, or per token."""
+    output_index = {label: i for i, label in enumerate(outputs)}
+    enc_train, y_train = run.task.encode(tokenizer, train, output_index, run.cfg.max_length)
+    enc_val, y_val = run.task.encode(tokenizer, val, output_index, run.cfg.max_length)
     lengths = np.array([len(x) for x in enc_train["input_ids"]])
+    return _Encoded(enc_train, y_train, enc_val, y_val, lengths, tokenizer.pad_token_id or 0)
 
-    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / dist.world)
+
+def _optimizer(run: _Run, model, train_examples: int) -> _Optim:
+    """AdamW with a linear warm-up and decay over every step of the run."""
+    # transformers is heavy: imported once a run starts, not with this module.
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = run.cfg
+    steps_per_epoch = math.ceil(math.ceil(train_examples / cfg.batch_size) / run.dist.world)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_ratio * total_steps)
-    optimizer = _adamw(model, cfg, device)
+    optimizer = _adamw(model, cfg, run.device)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp is torch.float16)
+    return _Optim(optimizer, scheduler, scaler, steps_per_epoch, total_steps, warmup_steps)
 
-    history: list[dict] = []
-    best_score, best_epoch, start_epoch = -math.inf, 0, 1
-    resumed_from_epoch = None
-    if trainer is not None:
-        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_states(state["rng"])
-        history = trainer["history"]
-        best_score, best_epoch = trainer["best_score"], trainer["best_epoch"]
-        resumed_from_epoch = start_epoch = trainer["epoch"]
-        start_epoch += 1
 
-    params = {
-        **cfg.model_dump(mode="json"),
-        "base_model_path": base,
-        "device": str(device),
-        "precision": precision,
-        "num_threads": threads if device.type == "cpu" else None,
-        "train_examples": len(train),
-        "val_examples": len(val),
-        "task": task.name.value,
-        "num_labels": len(outputs),
-        **task.settings(),
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup_steps,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "world_size": dist.world,
-    }
+def _restore(resume: Checkpoint, optim: _Optim) -> _Progress:
+    """The optimizer, schedule and RNG states saved in ``resume``, and its progress."""
+    load_training_state(resume.path, optim.optimizer, optim.scheduler, optim.scaler)
+    trainer = resume.trainer  # not None: a checkpoint that resumes
+    return _Progress(
+        history=trainer["history"],
+        best_score=trainer["best_score"],
+        best_epoch=trainer["best_epoch"],
+        resumed_from_epoch=trainer["epoch"],
+    )
+
+
+def _log_start(
+    run: _Run,
+    threads: int,
+    train_examples: int,
+    val_examples: int,
+    labels: list[str],
+    outputs: list[str],
+    optim: _Optim,
+) -> None:
+    cfg, device, dist = run.cfg, run.device, run.dist
     log.info(
         "training on %s, precision %s%s: %d train / %d val examples, %d %s%s, "
         "%d epochs x %d steps (batch %d, %d warm-up steps)%s",
         device,
-        precision,
+        precision_name(run.amp),
         f", {threads} threads" if device.type == "cpu" else "",
-        len(train),
-        len(val),
+        train_examples,
+        val_examples,
         len(labels),
-        task.label_noun,
+        run.task.label_noun,
         f" ({len(outputs)} outputs)" if len(outputs) != len(labels) else "",
         cfg.epochs,
-        steps_per_epoch,
+        optim.steps_per_epoch,
         cfg.batch_size,
-        warmup_steps,
+        optim.warmup_steps,
         f", {dist.world} processes" if dist.world > 1 else "",
     )
 
-    def stop_early() -> bool:
-        patience = cfg.early_stopping_patience
-        return patience > 0 and bool(history) and history[-1]["epoch"] - best_epoch >= patience
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stop_early():
+def _fit(
+    run: _Run,
+    model,
+    forward,
+    enc: _Encoded,
+    optim: _Optim,
+    state: _Progress,
+    val: pd.DataFrame,
+    outputs: list[str],
+    fp: dict[str, Any],
+    on_epoch: Callable[[dict], None] | None,
+) -> None:
+    """The epochs left (after a resumed one), each checkpointed by rank 0, until the
+    last or early stopping; ``state`` holds the progress."""
+    cfg, dist = run.cfg, run.dist
+    for epoch in range(1 + (state.resumed_from_epoch or 0), cfg.epochs + 1):
+        if state.stop_early(cfg.early_stopping_patience):
             break
-        fit = _train_epoch(
-            forward, optimizer, scheduler, scaler, enc_train, y_train, lengths, cfg, epoch,
-            device, amp, pad_id, progress, dist,
-        )  # fmt: skip
-        eval_start = time.perf_counter()
-        metrics: dict[str, float | None] = dict.fromkeys(("val_loss", *task.val_metrics))
-        if len(val):
-            metrics = _validate(
-                model, enc_val, y_val, task.val_scorer(val, enc_val, outputs),
-                cfg.batch_size * 2, pad_id, device, amp,
-            )  # fmt: skip
-        row = {
-            "epoch": epoch,
-            "train_loss": fit["train_loss"],
-            **metrics,
-            "examples_per_s": fit["examples_per_s"],
-            "tokens_per_s": fit["tokens_per_s"],
-            "seconds": round(fit["seconds"] + time.perf_counter() - eval_start, 3),
-            "lr": fit["lr"],
-        }
-        history.append(row)
-        score = row[score_key] if row[score_key] is not None else -row["train_loss"]
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch
+        row = _epoch(run, model, forward, enc, optim, val, outputs, epoch)
+        state.history.append(row)
+        key = run.task.best_metric
+        score = row[key] if row[key] is not None else -row["train_loss"]
+        if score > state.best_score:
+            state.best_score, state.best_epoch = score, epoch
         if not dist.main:
             dist.barrier()  # rank 0 is writing the checkpoints
             continue
-        if improved:
-            _save_weights(
-                model, checkpoint_dir / BEST, {BEST_FILE: {"epoch": epoch, "score": score}}
-            )
-        _save_weights(
+        save_checkpoint(
             model,
-            checkpoint_dir / LAST,
-            {
-                STATE_FILE: {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": _rng_states(),
-                },
-                TRAINER_FILE: {
-                    "epoch": epoch,
-                    "history": history,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                },
-                FINGERPRINT_FILE: fp,
-            },
+            run.checkpoint_dir,
+            optimizer=optim.optimizer,
+            scheduler=optim.scheduler,
+            scaler=optim.scaler,
+            history=state.history,
+            best_score=state.best_score,
+            best_epoch=state.best_epoch,
+            fp=fp,
         )
-        log.info(
-            "epoch %d/%d: train loss %.4f, val loss %s, %s, "
-            "%.1f examples/s, %.0f tokens/s, %.1f s%s",
-            epoch,
-            cfg.epochs,
-            row["train_loss"],
-            _fmt(row["val_loss"]),
-            ", ".join(f"{name} {_fmt(row[key])}" for key, name in task.val_metrics.items()),
-            row["examples_per_s"],
-            row["tokens_per_s"],
-            row["seconds"],
-            " (best)" if best_epoch == epoch else "",
-        )
+        _log_epoch(run, row, state.best_epoch)
         if on_epoch is not None:
             on_epoch(dict(row))
         dist.barrier()
-    epochs_run = history[-1]["epoch"] if history else 0
+    epochs_run = state.history[-1]["epoch"] if state.history else 0
     if epochs_run < cfg.epochs:
         log.info(
             "early stopping after epoch %d: no %s gain for %d epochs (best epoch %d)",
             epochs_run,
-            score_name,
-            epochs_run - best_epoch,
-            best_epoch,
+            run.task.val_metrics[run.task.best_metric],
+            epochs_run - state.best_epoch,
+            state.best_epoch,
         )
 
-    # ---- the best weights, the tokenizer and the labels, all at once
-    if dist.main:
-        tmp = _temp_dir(output_dir)
-        try:
-            for item in (checkpoint_dir / BEST).iterdir():
-                if item.is_file() and item.name != BEST_FILE:
-                    shutil.copy2(item, tmp / item.name)
-            tokenizer.save_pretrained(tmp)
-            _write_json(list(outputs), tmp / LABELS_FILE)
-            _replace_dir(tmp, output_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _clear_checkpoints(checkpoint_dir)
-    dist.barrier()
-    seconds = time.perf_counter() - started
+
+def _epoch(
+    run: _Run,
+    model,
+    forward,
+    enc: _Encoded,
+    optim: _Optim,
+    val: pd.DataFrame,
+    outputs: list[str],
+    epoch: int,
+) -> dict[str, Any]:
+    """Train one epoch, then score it on the validation rows: its history row."""
+    fit = _train_epoch(run, forward, optim, enc, epoch)
+    eval_start = time.perf_counter()
+    metrics: dict[str, float | None] = dict.fromkeys(("val_loss", *run.task.val_metrics))
+    if len(val):
+        scorer = run.task.val_scorer(val, enc.val, outputs)
+        metrics = _validate(
+            model, enc.val, enc.y_val, scorer, run.cfg.batch_size * 2, enc.pad_id,
+            run.device, run.amp,
+        )  # fmt: skip
+    return {
+        "epoch": epoch,
+        "train_loss": fit["train_loss"],
+        **metrics,
+        "examples_per_s": fit["examples_per_s"],
+        "tokens_per_s": fit["tokens_per_s"],
+        "seconds": round(fit["seconds"] + time.perf_counter() - eval_start, 3),
+        "lr": fit["lr"],
+    }
+
+
+def _log_epoch(run: _Run, row: dict[str, Any], best_epoch: int) -> None:
     log.info(
-        "best epoch %d (%s %.4f) written to %s", best_epoch, score_name, best_score, output_dir
-    )
-    return TrainResult(
-        model_dir=output_dir,
-        history=history,
-        best_epoch=best_epoch,
-        epochs_run=epochs_run,
-        resumed_from_epoch=resumed_from_epoch,
-        device=str(device),
-        precision=precision,
-        train_examples=len(train),
-        seconds=seconds,
-        params=params,
-        rank=dist.rank,
+        "epoch %d/%d: train loss %.4f, val loss %s, %s, %.1f examples/s, %.0f tokens/s, %.1f s%s",
+        row["epoch"],
+        run.cfg.epochs,
+        row["train_loss"],
+        _fmt(row["val_loss"]),
+        ", ".join(f"{name} {_fmt(row[key])}" for key, name in run.task.val_metrics.items()),
+        row["examples_per_s"],
+        row["tokens_per_s"],
+        row["seconds"],
+        " (best)" if best_epoch == row["epoch"] else "",
     )
 
 
@@ -743,70 +677,42 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _train_epoch(
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    encoded,
-    targets: np.ndarray | list[list[int]],
-    lengths: np.ndarray,
-    cfg: TrainConfig,
-    epoch: int,
-    device: torch.device,
-    amp: torch.dtype | None,
-    pad_id: int,
-    progress: bool,
-    dist: Dist,
-) -> dict[str, Any]:
+def _train_epoch(run: _Run, model, optim: _Optim, enc: _Encoded, epoch: int) -> dict[str, Any]:
     """One pass over the training data; returns the epoch's training metrics.
 
-    ``targets``: a class id per example, or per-token ids (see :func:`_batch_targets`).
     The training loss is the mean over all targets of the epoch (examples, or
     labelled tokens). With several processes each takes its share of the batches
     and the returned figures are totals over all of them.
     """
+    cfg, device = run.cfg, run.device
     model.train()
     # The batch order depends only on (seed, epoch): a resumed run sees the same
     # batches, and every rank computes the same order before taking its share.
     rng = np.random.default_rng([cfg.seed, epoch])
-    batches = dist.share(length_bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches, rng))
+    batches = run.dist.share(
+        length_bucketed_batches(enc.lengths, cfg.batch_size, cfg.bucket_batches, rng)
+    )
     loss_sum = torch.zeros((), device=device)
     target_count = torch.zeros((), dtype=torch.int64, device=device)
     seen = tokens = 0
-    lr = optimizer.param_groups[0]["lr"]
+    lr = optim.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     bar = tqdm(
         total=len(batches),
         desc=f"epoch {epoch}/{cfg.epochs}",
         unit="batch",
-        disable=not progress,
+        disable=not run.progress,
         dynamic_ncols=True,
     )
     with bar:
         for step, idx in enumerate(batches, 1):
-            batch = {
-                k: v.to(device, non_blocking=True)
-                for k, v in pad_batch(encoded, idx, pad_id).items()
-            }
-            target = _batch_targets(targets, idx).to(device, non_blocking=True)
-            with autocast(device, amp):
-                logits = model(**batch).logits
-            loss, count = _loss(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            loss, count, lr = _step(run, model, optim, enc, idx)
             loss_sum += loss.detach() * count
             target_count += count
             seen += len(idx)
-            tokens += int(lengths[idx].sum())
+            tokens += int(enc.lengths[idx].sum())
             bar.update(1)
-            if progress and (step % 10 == 0 or step == len(batches)):
+            if run.progress and (step % 10 == 0 or step == len(batches)):
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(
                     loss=f"{loss_sum.item() / max(int(target_count.item()), 1):.4f}",
@@ -815,7 +721,9 @@ def _train_epoch(
                 )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    loss_total, counted, seen, tokens = dist.sum(loss_sum.item(), target_count.item(), seen, tokens)
+    loss_total, counted, seen, tokens = run.dist.sum(
+        loss_sum.item(), target_count.item(), seen, tokens
+    )
     seconds = time.perf_counter() - start
     return {
         "train_loss": loss_total / max(counted, 1),
@@ -824,3 +732,28 @@ def _train_epoch(
         "seconds": seconds,
         "lr": lr,
     }
+
+
+def _step(
+    run: _Run, model, optim: _Optim, enc: _Encoded, idx: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimizer step on the examples at ``idx``: their loss, target count and the
+    learning rate the step used."""
+    device = run.device
+    batch = {
+        k: v.to(device, non_blocking=True) for k, v in pad_batch(enc.train, idx, enc.pad_id).items()
+    }
+    target = _batch_targets(enc.y_train, idx).to(device, non_blocking=True)
+    with autocast(device, run.amp):
+        logits = model(**batch).logits
+    loss, count = _loss(logits, target)
+    optimizer, scaler = optim.optimizer, optim.scaler
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)
+    scaler.update()
+    optim.scheduler.step()
+    return loss, count, lr

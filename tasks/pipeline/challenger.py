@@ -25,14 +25,16 @@ from slmops.tasks.data.dataset import (
 )
 from slmops.tasks.data.versioning import data_hash
 from slmops.tasks.model.evaluate import METRICS_FILE, REPORT_FILE, EvalResult, evaluate_model
+from slmops.tasks.model.inference import Predictor
+from slmops.tasks.model.train import train_model
 from slmops.tasks.registry.tracking import (
     actor,
-    configure,
     flatten,
     git_commit,
     log_dataset,
     log_model,
     register,
+    start_run,
 )
 from slmops.tasks.task_types import task_type
 
@@ -87,13 +89,14 @@ def train_challenger(
 ):
     """Fine-tune the base model on the train split; the model lands in ``train.output_dir``."""
     train, val = _splits(params)
-    result = task_type(params).train(
+    result = train_model(
         train,
         val,
         load_label_set(params),
         params.train,
         params.path(params.train.output_dir),
         params.path(params.train.checkpoint_dir),
+        task=task_type(params),
         on_epoch=on_epoch,
         progress=progress,
     )
@@ -119,16 +122,16 @@ def train_challenger(
 
 def evaluate_challenger(params: Params, model_dir: Path | None = None) -> EvalResult:
     """Evaluate the trained model on the frozen test split into ``evaluate.output_dir``."""
-    from slmops.tasks.model.inference import Predictor
-
     model_dir = model_dir or params.path(params.train.output_dir)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: no trained model; run `slmops train` first")
+    task = task_type(params)
     predictor = Predictor.from_dir(
         model_dir,
         device=params.train.device,
         precision=params.train.precision,
         num_threads=params.train.num_threads,
+        task=task,
     )
     _, val = _splits(params)
     return evaluate_model(
@@ -136,6 +139,7 @@ def evaluate_challenger(params: Params, model_dir: Path | None = None) -> EvalRe
         read_test(params),
         params.evaluate,
         params.path(params.evaluate.output_dir),
+        task=task,
         val=val,
         model=model_digest(model_dir),
     )
@@ -150,8 +154,6 @@ def register_challenger(
     the training and test data, the git commit, the evaluation files and the
     model (transformers flavour, safetensors) with a signature and input example.
     """
-    import mlflow
-
     model_dir = params.path(params.train.output_dir)
     eval_dir = params.path(params.evaluate.output_dir)
     try:
@@ -174,11 +176,11 @@ def register_challenger(
             "retrain before registering"
         )
     commit = git_commit(params.root)
-    configure(params)
     train, _ = _splits(params)
     test = read_test(params)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags(
+    task = task_type(params)
+    with start_run(params, run_name=run_name) as run:
+        run.set_tags(
             {
                 "git.commit": commit,
                 "data.labeled_hash": data["labeled"],
@@ -189,17 +191,17 @@ def register_challenger(
                 "precision": training["precision"],
             }
         )
-        mlflow.log_params(flatten("train", training["params"]))
-        mlflow.log_params(flatten("evaluate", params.evaluate.model_dump(mode="json")))
+        run.log_params(flatten("train", training["params"]))
+        run.log_params(flatten("evaluate", params.evaluate.model_dump(mode="json")))
         for row in training["history"]:
             epoch = int(row["epoch"])
-            mlflow.log_metrics(
+            run.log_metrics(
                 {k: float(v) for k, v in row.items() if k != "epoch" and v is not None}, step=epoch
             )
-        mlflow.log_metrics(
+        run.log_metrics(
             {(k if k.startswith("test_") else f"test_{k}"): float(v) for k, v in metrics.items()}
         )
-        mlflow.log_metrics({"train_seconds": float(training["seconds"])})
+        run.log_metrics({"train_seconds": float(training["seconds"])})
         log_dataset(
             train,
             name="labeled",
@@ -214,12 +216,11 @@ def register_challenger(
             digest=data["test"],
             context="evaluation",
         )
-        mlflow.log_artifacts(str(eval_dir), artifact_path="eval")
-        mlflow.log_artifact(str(model_dir / TRAINING_FILE))
-        task = task_type(params)
-        info = log_model(model_dir, input_example=test["text"].head(2).tolist(), task=task)
+        run.log_artifacts(eval_dir, artifact_path="eval")
+        run.log_artifact(model_dir / TRAINING_FILE)
+        logged = log_model(model_dir, input_example=test["text"].head(2).tolist(), task=task)
         version = register(
-            info.model_uri,
+            logged.model_uri,
             params.registry.model_name,
             tags={
                 "data.labeled_hash": data["labeled"],
@@ -232,7 +233,5 @@ def register_challenger(
                 "gate.decision": "pending",
             },
         )
-    log.info(
-        "registered %s version %s (run %s)", params.registry.model_name, version, run.info.run_id
-    )
-    return Registered(run.info.run_id, version, info.model_uri)
+    log.info("registered %s version %s (run %s)", params.registry.model_name, version, run.id)
+    return Registered(run.id, version, logged.model_uri)

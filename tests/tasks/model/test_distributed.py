@@ -34,13 +34,15 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from slmops.tasks.core.config import TrainConfig
 from slmops.tasks.model.train import train_model
+from slmops.tasks.task_types import SequenceClassification
 from tests.tasks.tiny_model import TINY_LABELS, tiny_frames
 
 out = Path({out!r})
 train, val = tiny_frames()
 cfg = TrainConfig(base_model={base!r}, epochs=2, batch_size=8, learning_rate=1e-2,
                   early_stopping_patience=0, device="cpu", num_threads=1)
-r = train_model(train, val, TINY_LABELS, cfg, out / "model", out / "ckpt", progress=False)
+r = train_model(train, val, TINY_LABELS, cfg, out / "model", out / "ckpt", progress=False,
+                task=SequenceClassification())
 rank = os.environ["RANK"]
 (out / f"rank{{rank}}.json").write_text(json.dumps(
     {{"world": r.params["world_size"], "steps": r.params["steps_per_epoch"],

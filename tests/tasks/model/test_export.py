@@ -4,17 +4,15 @@ choice rule, and the export at promotion on a real (embedded) registry."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from slmops.tasks.core.config import ExportConfig, parse_params
+from slmops.tasks.core.config import ExportConfig
 from slmops.tasks.model.export import (
-    CHOSEN_TAG,
-    EXPORT_STATUS_TAG,
-    FORMATS_DIR,
     FORMATS_FILE,
     FormatCheck,
     check_formats,
@@ -24,8 +22,10 @@ from slmops.tasks.model.export import (
     speedup,
 )
 from slmops.tasks.model.inference import OnnxPredictor, Predictor, load_predictor
+from slmops.tasks.task_types import task_type
 from tests.tasks.tiny_model import TINY_LABELS, make_tiny_model, tiny_frames
 
+SEQ = task_type("sequence_classification")  # the caller picks the type; these tests do
 PREFERENCE = ["onnx-int8", "onnx", "torch-int8", "torch-bf16", "torch"]
 
 
@@ -43,7 +43,7 @@ def test_frame() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def exported(model_dir, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("onnx")
-    fp32 = export_onnx(model_dir, out / "fp32" / "model.onnx")
+    fp32 = export_onnx(model_dir, out / "fp32" / "model.onnx", task=SEQ)
     return {"onnx": fp32, "onnx-int8": quantize_onnx(fp32, out / "int8" / "model.onnx")}
 
 
@@ -57,8 +57,8 @@ def texts(test_frame) -> list[str]:
 
 
 def test_onnx_fp32_matches_torch(model_dir, exported, texts):
-    torch_p = Predictor.from_dir(model_dir, device="cpu")
-    onnx_p = OnnxPredictor.from_files(exported["onnx"], model_dir)
+    torch_p = Predictor.from_dir(model_dir, device="cpu", task=SEQ)
+    onnx_p = OnnxPredictor.from_files(exported["onnx"], model_dir, task=SEQ)
     assert onnx_p.format == "onnx"
     assert (onnx_p.labels, onnx_p.max_length) == (torch_p.labels, torch_p.max_length)
     want = torch_p.predict_proba(texts, batch_size=8)
@@ -71,8 +71,8 @@ def test_onnx_fp32_matches_torch(model_dir, exported, texts):
 
 
 def test_onnx_int8_is_smaller_and_close(model_dir, exported, texts):
-    fp32 = load_predictor("onnx", model_dir, exported["onnx"]).predict_proba(texts)
-    int8_p = load_predictor("onnx-int8", model_dir, exported["onnx-int8"], num_threads=1)
+    fp32 = load_predictor("onnx", model_dir, exported["onnx"], task=SEQ).predict_proba(texts)
+    int8_p = load_predictor("onnx-int8", model_dir, exported["onnx-int8"], task=SEQ, num_threads=1)
     assert int8_p.format == "onnx-int8"
     int8 = int8_p.predict_proba(texts)
     np.testing.assert_allclose(int8.sum(axis=1), 1.0, rtol=1e-4)
@@ -82,14 +82,12 @@ def test_onnx_int8_is_smaller_and_close(model_dir, exported, texts):
 
 
 def test_an_onnx_file_for_other_labels_is_refused(model_dir, exported, tmp_path):
-    import shutil
-
     other = make_tiny_model(tmp_path / "other", labels=[*TINY_LABELS, "extra"])
     shutil.copy2(exported["onnx"], tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="5 outputs but 6 labels"):
-        OnnxPredictor.from_files(tmp_path / "m.onnx", other)
+        OnnxPredictor.from_files(tmp_path / "m.onnx", other, task=SEQ)
     with pytest.raises(FileNotFoundError, match="no such ONNX model"):
-        OnnxPredictor.from_files(tmp_path / "missing.onnx", model_dir)
+        OnnxPredictor.from_files(tmp_path / "missing.onnx", model_dir, task=SEQ)
 
 
 def test_check_formats_writes_files_accuracies_timings_and_the_choice(
@@ -100,7 +98,9 @@ def test_check_formats_writes_files_accuracies_timings_and_the_choice(
         measure_rounds=1,
         measure_texts=2,
     )
-    report = check_formats(model_dir, tmp_path / "formats", test_frame, cfg, num_threads=1)
+    report = check_formats(
+        model_dir, tmp_path / "formats", test_frame, cfg, task=SEQ, num_threads=1
+    )
     on_disk = json.loads((tmp_path / "formats" / FORMATS_FILE).read_text())
     assert on_disk == json.loads(json.dumps(report))
     formats = report["formats"]
@@ -121,13 +121,14 @@ def test_check_formats_writes_files_accuracies_timings_and_the_choice(
     assert report["chosen"] in formats and formats[report["chosen"]]["eligible"]
     assert report["reason"]
     assert report["test_rows"] == len(test_frame)
+    assert report["task"] == "sequence_classification" and report["metric"] == "accuracy"
     # torch-bf16 is checked only where the CPU has native bf16; otherwise it says why.
     assert "torch-bf16" in formats or "native bf16" in report["skipped"]["torch-bf16"]
 
 
 def test_a_known_fp32_accuracy_is_reused_and_sets_the_bar(model_dir, test_frame, tmp_path):
     cfg = ExportConfig(formats=["onnx"], measure=False)
-    report = check_formats(model_dir, tmp_path, test_frame, cfg, fp32_accuracy=1.0)
+    report = check_formats(model_dir, tmp_path, test_frame, cfg, task=SEQ, fp32_accuracy=1.0)
     torch_check, onnx_check = report["formats"]["torch"], report["formats"]["onnx"]
     assert (torch_check["accuracy"], torch_check["accuracy_source"]) == (1.0, "evaluation")
     # A random model is far below 100%: ONNX is out of the rule, torch fp32 serves.
@@ -208,117 +209,3 @@ def test_torch_fp32_serves_when_nothing_else_qualifies():
 
 
 # --------------------------------------------------------------------------- at promotion
-
-
-def tiny_project(tmp_path: Path, monkeypatch, **export) -> tuple:
-    """Params on a fresh embedded registry, with a test split in the tiny labels."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    _, val = tiny_frames(per_class_val=8)
-    (tmp_path / "data" / "test").mkdir(parents=True)
-    val.to_csv(tmp_path / "data" / "test" / "test.csv", index=False)
-    raw = {
-        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "significance": "none"},
-        "export": {"measure_rounds": 1, "measure_texts": 2, **export},
-    }
-    return parse_params(raw, tmp_path / "params.yaml", root=tmp_path), val
-
-
-def register_tiny(params, model_dir: Path, test: pd.DataFrame) -> str:
-    """A version as `slmops register` makes it: the model and its evaluation on `test`."""
-    import mlflow
-
-    from slmops.tasks.model.metrics import classification_report
-    from slmops.tasks.registry.promotion import client
-    from slmops.tasks.registry.tracking import log_model
-
-    predictor = Predictor.from_dir(model_dir, device="cpu")
-    probs = predictor.predict_proba(test["text"].tolist())
-    report = classification_report(test["label"].tolist(), probs, TINY_LABELS)
-    report["metrics"] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
-    folder = model_dir.parent / "eval"
-    folder.mkdir(exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report))
-    pd.DataFrame(
-        {
-            "text": test["text"],
-            "label": test["label"],
-            "pred": predictor.predict(test["text"].tolist()),
-        }
-    ).to_csv(folder / "predictions.csv", index=False)
-    client(params)  # configures MLflow on this store
-    with mlflow.start_run():
-        mlflow.log_artifacts(str(folder), artifact_path="eval")
-        info = log_model(model_dir, input_example=["my card has not arrived"])
-    mv = mlflow.register_model(
-        info.model_uri,
-        params.registry.model_name,
-        tags={"metrics.accuracy": str(report["accuracy"]), "data.test_hash": ""},
-    )
-    return str(mv.version)
-
-
-def test_promotion_exports_the_formats_onto_the_version(model_dir, tmp_path, monkeypatch):
-    import mlflow
-
-    from slmops.tasks.registry import ledger
-    from slmops.tasks.registry.promotion import CHAMPION, alias_version, apply, client
-
-    params, test = tiny_project(tmp_path, monkeypatch)
-    version = register_tiny(params, model_dir, test)
-    _, promoted = apply(params, version)
-    assert promoted
-    mc = client(params)
-    name = params.registry.model_name
-    assert alias_version(mc, name, CHAMPION) == version
-    mv = mc.get_model_version(name, version)
-    assert mv.tags[EXPORT_STATUS_TAG] == "ok"
-    chosen = mv.tags[CHOSEN_TAG]
-    assert chosen in {"torch", "onnx", "onnx-int8"}
-    assert float(mv.tags["format.onnx-int8.accuracy"]) >= 0
-    assert float(mv.tags["format.onnx.size_mb"]) > float(mv.tags["format.onnx-int8.size_mb"])
-    files = mlflow.artifacts.download_artifacts(
-        run_id=mv.run_id, artifact_path=FORMATS_DIR, dst_path=str(tmp_path / "dl")
-    )
-    report = json.loads((Path(files) / FORMATS_FILE).read_text())
-    assert report["model"] == {"name": name, "version": version, "run_id": mv.run_id}
-    assert report["chosen"] == chosen
-    assert (Path(files) / "onnx" / "model.onnx").is_file()
-    assert (Path(files) / "onnx-int8" / "model.onnx").is_file()
-    entry = ledger.read(params.path(params.registry.ledger))[-1]
-    assert entry["formats"]["chosen"] == chosen and entry["formats"]["error"] is None
-
-
-def test_a_failed_export_keeps_the_promotion_and_says_so(model_dir, tmp_path, monkeypatch, caplog):
-    from slmops.tasks.registry import ledger
-    from slmops.tasks.registry.promotion import CHAMPION, alias_version, apply, client
-
-    params, test = tiny_project(tmp_path, monkeypatch)
-    version = register_tiny(params, model_dir, test)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("exporter exploded")
-
-    monkeypatch.setattr("slmops.tasks.model.export.export_onnx", broken)
-    with caplog.at_level("WARNING", logger="slmops.tasks.model.export"):
-        _, promoted = apply(params, version)
-    assert promoted
-    mc = client(params)
-    name = params.registry.model_name
-    assert alias_version(mc, name, CHAMPION) == version
-    tags = mc.get_model_version(name, version).tags
-    assert tags[EXPORT_STATUS_TAG] == "failed"
-    assert "exporter exploded" in tags["format.error"]
-    assert CHOSEN_TAG not in tags
-    assert "served in torch fp32" in caplog.text
-    entry = ledger.read(params.path(params.registry.ledger))[-1]
-    assert entry["promoted"] and "exporter exploded" in entry["formats"]["error"]
-
-
-def test_export_can_be_switched_off(model_dir, tmp_path, monkeypatch):
-    from slmops.tasks.registry.promotion import apply, client
-
-    params, test = tiny_project(tmp_path, monkeypatch, enabled=False)
-    version = register_tiny(params, model_dir, test)
-    assert apply(params, version)[1]
-    tags = client(params).get_model_version(params.registry.model_name, version).tags
-    assert EXPORT_STATUS_TAG not in tags

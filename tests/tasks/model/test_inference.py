@@ -1,8 +1,10 @@
-"""Prediction from a saved model folder, device and precision choice."""
+"""Prediction from a saved model folder in each torch format: raw probabilities per
+text, in input order, whatever the batching."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +14,17 @@ import torch
 from slmops.tasks.core.config import ConfigError, Precision
 from slmops.tasks.model.inference import (
     LABELS_FILE,
+    BasePredictor,
     Predictor,
-    autocast_dtype,
-    pad_batch,
-    pick_device,
-    resolve_base_model,
+    int8_linears,
+    load_predictor,
+    predict_proba_by_length,
 )
+from slmops.tasks.task_types import task_type
 from tests.tasks.tiny_model import TINY_LABELS, make_tiny_model, tiny_frames
+
+# The engine is given the task type by whoever loads a model; these tests pick it.
+SEQ = task_type("sequence_classification")
 
 CPU = torch.device("cpu")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -31,7 +37,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(model_dir) -> Predictor:
-    return Predictor.from_dir(model_dir, device="cpu")
+    return Predictor.from_dir(model_dir, device="cpu", task=SEQ)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,20 @@ def test_predictions_come_back_in_input_order(predictor, texts):
     assert np.abs(batched - batched.mean(axis=0)).max() > 1e-2
 
 
+def test_probabilities_by_length_chunks_keep_the_input_order(predictor, texts):
+    want = predictor.predict_proba(texts)
+    for chunk in (1, 3, len(texts)):
+        got = predict_proba_by_length(predictor, texts, chunk)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_text_model_has_no_token_answers(predictor):
+    assert not predictor.per_token
+    with pytest.raises(TypeError, match="answers per text: use predict_proba"):
+        predictor.predict_token_proba(["card"])
+
+
 def test_predict_returns_the_most_probable_label(predictor, texts):
     labels = predictor.predict(texts, batch_size=4)
     probs = predictor.predict_proba(texts, batch_size=4)
@@ -84,88 +104,29 @@ def test_loaded_predictor_has_labels_model_tokenizer_device(predictor):
 
 
 def test_bf16_on_cpu_is_close_to_fp32(model_dir, predictor, texts):
-    bf16 = Predictor.from_dir(model_dir, device="cpu", precision=Precision.bf16)
+    bf16 = Predictor.from_dir(model_dir, device="cpu", precision=Precision.bf16, task=SEQ)
     np.testing.assert_allclose(bf16.predict_proba(texts), predictor.predict_proba(texts), atol=0.05)
 
 
 def test_labels_must_match_the_model(model_dir, tmp_path):
-    import shutil
-
     copy = Path(shutil.copytree(model_dir, tmp_path / "copy"))
     (copy / LABELS_FILE).write_text(json.dumps(TINY_LABELS[:3]))
     with pytest.raises(ValueError, match="3 labels but the model has 5"):
-        Predictor.from_dir(copy, device="cpu")
+        Predictor.from_dir(copy, device="cpu", task=SEQ)
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model folder"):
-        Predictor.from_dir(tmp_path)
-
-
-def test_pad_batch_pads_to_the_longest_in_the_batch():
-    encoded = {
-        "input_ids": [[101, 5, 102], [101, 5, 6, 7, 102], [101, 102]],
-        "token_type_ids": [[0, 0, 0], [0, 0, 0, 0, 0], [0, 0]],
-    }
-    batch = pad_batch(encoded, [0, 2], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[101, 5, 102], [101, 102, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["token_type_ids"].shape == (2, 3)
-
-
-# --------------------------------------------------------------------------- device, precision
-
-
-def test_resolve_base_model(tmp_path):
-    minilm = Path(resolve_base_model("minilm"))
-    assert (minilm / "config.json").is_file()
-    assert resolve_base_model(str(tmp_path)) == str(tmp_path)
-    assert resolve_base_model("sentence-transformers/all-MiniLM-L6-v2") == (
-        "sentence-transformers/all-MiniLM-L6-v2"
-    )
-
-
-def test_pick_device():
-    assert pick_device("cpu") == CPU
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert pick_device("auto").type == expected
-    assert pick_device().type == expected
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_asking_for_cuda_without_one_is_a_clear_error():
-    with pytest.raises(ConfigError, match="CUDA is not available"):
-        pick_device("cuda")
-
-
-def test_autocast_dtype_on_cpu():
-    assert autocast_dtype(CPU, "auto") is None
-    assert autocast_dtype(CPU, Precision.fp32) is None
-    assert autocast_dtype(CPU, "bf16") is torch.bfloat16
-    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
-        autocast_dtype(CPU, "fp16")
-    with pytest.raises(ConfigError, match="expected one of"):
-        autocast_dtype(CPU, "int8")
-
-
-@cuda_only
-def test_autocast_dtype_on_cuda():
-    gpu = torch.device("cuda")
-    best = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    assert autocast_dtype(gpu, "auto") is best
-    assert autocast_dtype(gpu, "fp16") is torch.float16
-    assert autocast_dtype(gpu, "fp32") is None
+        Predictor.from_dir(tmp_path, task=SEQ)
 
 
 # --------------------------------------------------------------------------- formats
 
 
 def test_every_torch_format_has_the_one_interface(model_dir, predictor, texts):
-    from slmops.tasks.model.inference import BasePredictor, load_predictor
-
     for fmt in ("torch", "torch-bf16", "torch-int8"):
-        p = load_predictor(fmt, model_dir, device="cpu")
-        assert isinstance(p, BasePredictor)
+        p = load_predictor(fmt, model_dir, task=SEQ, device="cpu")
+        assert isinstance(p, BasePredictor) and p.task is SEQ
         assert p.format == fmt
         assert p.labels == TINY_LABELS and p.max_length == predictor.max_length
         probs = p.predict_proba(texts)
@@ -174,9 +135,7 @@ def test_every_torch_format_has_the_one_interface(model_dir, predictor, texts):
 
 
 def test_torch_int8_quantizes_the_widening_linears_on_load(model_dir, predictor, texts):
-    from slmops.tasks.model.inference import int8_linears
-
-    p = Predictor.from_dir(model_dir, device="cpu", int8=True)
+    p = Predictor.from_dir(model_dir, device="cpu", int8=True, task=SEQ)
     quantized = {
         n
         for n, m in p.model.named_modules()
@@ -193,13 +152,11 @@ def test_torch_int8_quantizes_the_widening_linears_on_load(model_dir, predictor,
 
 def test_torch_int8_is_cpu_fp32_only(model_dir):
     with pytest.raises(ConfigError, match="torch-int8 runs on the CPU"):
-        Predictor.from_dir(model_dir, device="cpu", precision="bf16", int8=True)
+        Predictor.from_dir(model_dir, device="cpu", precision="bf16", int8=True, task=SEQ)
 
 
 def test_unknown_or_fileless_formats_are_refused(model_dir):
-    from slmops.tasks.model.inference import load_predictor
-
     with pytest.raises(ConfigError, match="unknown serving format 'tflite'"):
-        load_predictor("tflite", model_dir)
+        load_predictor("tflite", model_dir, task=SEQ)
     with pytest.raises(ValueError, match="onnx-int8 needs an ONNX file"):
-        load_predictor("onnx-int8", model_dir)
+        load_predictor("onnx-int8", model_dir, task=SEQ)

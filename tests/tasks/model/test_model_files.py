@@ -11,6 +11,7 @@ import pytest
 from slmops.tasks.core.config import TrainConfig
 from slmops.tasks.model.inference import Predictor, load_predictor
 from slmops.tasks.model.train import train_model
+from slmops.tasks.task_types import SequenceClassification
 from tests.tasks.tiny_model import TINY_LABELS, make_tiny_model, tiny_frames
 
 
@@ -37,13 +38,14 @@ def pickle_only_model(tmp_path: Path) -> tuple[Path, Path]:
 def test_pickle_weights_are_refused_and_never_unpickled(pickle_only_model, fmt):
     folder, marker = pickle_only_model
     with pytest.raises(OSError, match=r"model\.safetensors"):
-        load_predictor(fmt, folder, device="cpu")
+        load_predictor(fmt, folder, task=SequenceClassification(), device="cpu")
     assert not marker.exists()
 
 
 def test_safetensors_weights_load(tmp_path):
     folder = make_tiny_model(tmp_path / "model", TINY_LABELS)
-    assert Predictor.from_dir(folder, device="cpu").labels == TINY_LABELS
+    loaded = Predictor.from_dir(folder, device="cpu", task=SequenceClassification())
+    assert loaded.labels == TINY_LABELS
 
 
 def test_a_pickle_only_base_model_is_refused_for_training(pickle_only_model, tmp_path):
@@ -51,5 +53,5 @@ def test_a_pickle_only_base_model_is_refused_for_training(pickle_only_model, tmp
     cfg = TrainConfig(base_model=str(folder), epochs=1, device="cpu", num_threads=1)
     with pytest.raises(OSError, match=r"model\.safetensors"):
         train_model(*tiny_frames(), TINY_LABELS, cfg, tmp_path / "out", tmp_path / "ck",
-                    progress=False)  # fmt: skip
+                    progress=False, task=SequenceClassification())  # fmt: skip
     assert not marker.exists()

@@ -15,21 +15,14 @@ from safetensors.torch import load_file
 
 from slmops.tasks.core.config import ConfigError, TrainConfig
 from slmops.tasks.core.errors import DataError
-from slmops.tasks.model.inference import LABELS_FILE, Predictor, resolve_base_model
-from slmops.tasks.model.train import (
-    BEST,
-    FINGERPRINT_FILE,
-    LAST,
-    STATE_FILE,
-    TRAINER_FILE,
-    _adamw,
-    _param_groups,
-    fingerprint,
-    length_bucketed_batches,
-    train_model,
-)
+from slmops.tasks.model.checkpoints import BEST, FINGERPRINT_FILE, LAST, STATE_FILE, TRAINER_FILE
+from slmops.tasks.model.inference import LABELS_FILE, Predictor
+from slmops.tasks.model.runtime import resolve_base_model
+from slmops.tasks.model.train import _adamw, _param_groups, length_bucketed_batches, train_model
+from slmops.tasks.task_types import SequenceClassification
 from tests.tasks.tiny_model import SEED_TRAIN, TINY_LABELS, make_tiny_model, tiny_frames
 
+SEQUENCE = SequenceClassification()
 HISTORY_KEYS = {
     "epoch",
     "train_loss",
@@ -110,6 +103,7 @@ def baseline(base_model, frames, tmp_path_factory):
         root / "checkpoints",
         on_epoch=rows.append,
         progress=False,
+        task=SEQUENCE,
     )
     return result, rows, root
 
@@ -148,7 +142,7 @@ def test_training_writes_a_loadable_model(baseline, frames):
     best = max(result.history, key=lambda r: r["val_macro_f1"])
     assert result.best_epoch == best["epoch"]
 
-    predictor = Predictor.from_dir(model_dir, device="cpu")
+    predictor = Predictor.from_dir(model_dir, device="cpu", task=SEQUENCE)
     assert predictor.labels == TINY_LABELS
     assert len(predictor.predict(frames[1]["text"].tolist())) == len(frames[1])
 
@@ -162,6 +156,7 @@ def test_same_seed_gives_identical_weights(baseline, base_model, frames, tmp_pat
         tmp_path / "model",
         tmp_path / "ck",
         progress=False,
+        task=SEQUENCE,
     )
     assert_same_weights(root / "model", again.model_dir)
     assert without_timings(again.history) == without_timings(result.history)
@@ -175,6 +170,7 @@ def test_other_seed_gives_other_weights(baseline, base_model, frames, tmp_path):
         tmp_path / "model",
         tmp_path / "ck",
         progress=False,
+        task=SEQUENCE,
     )
     first = baseline[0].history[0]
     assert other.history[0]["train_loss"] != first["train_loss"]
@@ -190,11 +186,20 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     straight = tmp_path / "straight"
     with pytest.raises(Interrupt):
         train_model(*frames, TINY_LABELS, cfg, straight / "model", straight / "ck",
-                    on_epoch=kill_after(4), progress=False)  # fmt: skip
+                    on_epoch=kill_after(4), progress=False, task=SEQUENCE)  # fmt: skip
 
     out, ck = tmp_path / "model", tmp_path / "ck"
     with pytest.raises(Interrupt):
-        train_model(*frames, TINY_LABELS, cfg, out, ck, on_epoch=kill_after(1), progress=False)
+        train_model(
+            *frames,
+            TINY_LABELS,
+            cfg,
+            out,
+            ck,
+            on_epoch=kill_after(1),
+            progress=False,
+            task=SEQUENCE,
+        )
     assert not out.exists(), "no model is written before the run completes"
     for name in ("model.safetensors", "config.json", STATE_FILE, TRAINER_FILE, FINGERPRINT_FILE):
         assert (ck / LAST / name).is_file(), name
@@ -202,7 +207,16 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     assert json.loads((ck / LAST / TRAINER_FILE).read_text())["epoch"] == 1
 
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"), pytest.raises(Interrupt):
-        train_model(*frames, TINY_LABELS, cfg, out, ck, on_epoch=kill_after(4), progress=False)
+        train_model(
+            *frames,
+            TINY_LABELS,
+            cfg,
+            out,
+            ck,
+            on_epoch=kill_after(4),
+            progress=False,
+            task=SEQUENCE,
+        )
     assert "resuming from epoch 1" in caplog.text
     assert_same_weights(straight / "ck" / LAST, ck / LAST)
     state_a = torch.load(straight / "ck" / LAST / STATE_FILE, weights_only=True)
@@ -215,7 +229,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     # All epochs done, only the model left to write: it resumes to write it.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
-        resumed = train_model(*frames, TINY_LABELS, cfg, out, ck, progress=False)
+        resumed = train_model(*frames, TINY_LABELS, cfg, out, ck, progress=False, task=SEQUENCE)
     assert "resuming from epoch 4" in caplog.text
     assert resumed.resumed_from_epoch == 4
     assert resumed.epochs_run == 4
@@ -236,10 +250,11 @@ def test_a_changed_fingerprint_starts_fresh(base_model, frames, tmp_path, caplog
             ck,
             on_epoch=kill_after(1),
             progress=False,
+            task=SEQUENCE,
         )
     changed = config(base_model, epochs=2, learning_rate=1e-3)
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
-        result = train_model(*frames, TINY_LABELS, changed, out, ck, progress=False)
+        result = train_model(*frames, TINY_LABELS, changed, out, ck, progress=False, task=SEQUENCE)
     assert "starting fresh" in caplog.text
     assert "config.learning_rate" in caplog.text
     assert "resuming" not in caplog.text
@@ -252,37 +267,23 @@ def test_a_kill_between_the_renames_of_last_still_resumes(base_model, frames, tm
     out, ck = tmp_path / "model", tmp_path / "ck"
     cfg = config(base_model, epochs=2)
     with pytest.raises(Interrupt):
-        train_model(*frames, TINY_LABELS, cfg, out, ck, on_epoch=kill_after(1), progress=False)
+        train_model(
+            *frames,
+            TINY_LABELS,
+            cfg,
+            out,
+            ck,
+            on_epoch=kill_after(1),
+            progress=False,
+            task=SEQUENCE,
+        )
     # The previous last/ moved aside, the new one not yet in place.
     (ck / LAST).rename(ck / f".{LAST}.old")
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
-        result = train_model(*frames, TINY_LABELS, cfg, out, ck, progress=False)
+        result = train_model(*frames, TINY_LABELS, cfg, out, ck, progress=False, task=SEQUENCE)
     assert "resuming from epoch 1" in caplog.text
     assert result.resumed_from_epoch == 1
     assert not ck.exists()
-
-
-def test_fingerprint_covers_data_labels_and_training_settings(base_model, frames):
-    train, val = frames
-    cfg = config(base_model)
-    fp = fingerprint(train, val, TINY_LABELS, cfg)
-    assert fp == fingerprint(train.copy(), val.copy(), list(TINY_LABELS), cfg)
-    # Where and how fast it runs does not change the weights: a resumption may differ.
-    assert fp == fingerprint(train, val, TINY_LABELS, config(base_model, num_threads=1))
-    assert fp == fingerprint(train, val, TINY_LABELS, config(base_model, output_dir="x"))
-    edited = train.copy()
-    edited.loc[0, "text"] = edited.loc[0, "text"] + "!"
-    relabeled = train.copy()
-    relabeled.loc[0, "label"] = TINY_LABELS[-1]
-    for other in (
-        fingerprint(edited, val, TINY_LABELS, cfg),
-        fingerprint(relabeled, val, TINY_LABELS, cfg),
-        fingerprint(train, val.iloc[1:], TINY_LABELS, cfg),
-        fingerprint(train, val, [*TINY_LABELS, "extra"], cfg),
-        fingerprint(train, val, TINY_LABELS, config(base_model, batch_size=4)),
-        fingerprint(train, val, TINY_LABELS, config(base_model, data_fraction=0.5)),
-    ):
-        assert other != fp
 
 
 def test_early_stopping_stops_when_macro_f1_stalls(base_model, frames, tmp_path, caplog):
@@ -290,7 +291,13 @@ def test_early_stopping_stops_when_macro_f1_stalls(base_model, frames, tmp_path,
     cfg = config(base_model, epochs=5, learning_rate=1e-9, early_stopping_patience=1)
     with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
         result = train_model(
-            *frames, TINY_LABELS, cfg, tmp_path / "model", tmp_path / "ck", progress=False
+            *frames,
+            TINY_LABELS,
+            cfg,
+            tmp_path / "model",
+            tmp_path / "ck",
+            progress=False,
+            task=SEQUENCE,
         )
     assert result.epochs_run == 2
     assert [row["epoch"] for row in result.history] == [1, 2]
@@ -301,7 +308,13 @@ def test_early_stopping_stops_when_macro_f1_stalls(base_model, frames, tmp_path,
 def test_data_fraction_trains_on_a_share_of_every_class(base_model, frames, tmp_path):
     cfg = config(base_model, epochs=1, data_fraction=0.5)
     result = train_model(
-        *frames, TINY_LABELS, cfg, tmp_path / "model", tmp_path / "ck", progress=False
+        *frames,
+        TINY_LABELS,
+        cfg,
+        tmp_path / "model",
+        tmp_path / "ck",
+        progress=False,
+        task=SEQUENCE,
     )
     assert result.train_examples == len(TINY_LABELS) * 6
 
@@ -309,7 +322,15 @@ def test_data_fraction_trains_on_a_share_of_every_class(base_model, frames, tmp_
 def test_fp16_on_cpu_is_a_clear_error(base_model, frames, tmp_path):
     cfg = config(base_model, precision="fp16")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
-        train_model(*frames, TINY_LABELS, cfg, tmp_path / "model", tmp_path / "ck", progress=False)
+        train_model(
+            *frames,
+            TINY_LABELS,
+            cfg,
+            tmp_path / "model",
+            tmp_path / "ck",
+            progress=False,
+            task=SEQUENCE,
+        )
     assert not (tmp_path / "ck").exists()
 
 
@@ -326,11 +347,12 @@ def test_unknown_labels_are_rejected(base_model, frames, tmp_path):
             tmp_path / "m",
             tmp_path / "c",
             progress=False,
+            task=SEQUENCE,
         )
 
 
 def test_the_fused_optimizer_makes_the_same_update_as_the_plain_one():
-    """Fused AdamW (one kernel per group; the plain one was a quarter of a CPU step)."""
+    """Fused AdamW (one kernel per group instead of a loop over every tensor)."""
     cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.1)
     torch.manual_seed(0)
     fused_model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
@@ -413,8 +435,10 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 import slmops.tasks.model.train as t
 from slmops.tasks.core.config import TrainConfig
+from slmops.tasks.task_types import SequenceClassification
 from tests.tasks.tiny_model import TINY_LABELS, tiny_frames
 
+SEQUENCE = SequenceClassification()
 marker = Path({marker!r})
 calls = {{"n": 0}}
 real_pad = t.pad_batch
@@ -432,7 +456,8 @@ t.pad_batch = pad_batch
 train, val = tiny_frames()
 cfg = TrainConfig(base_model={base!r}, epochs=4, batch_size=8, learning_rate=1e-2,
                   warmup_ratio=0.1, early_stopping_patience=0, device="cpu", num_threads=2)
-r = t.train_model(train, val, TINY_LABELS, cfg, Path({out!r}), Path({ck!r}), progress=False)
+r = t.train_model(train, val, TINY_LABELS, cfg, Path({out!r}), Path({ck!r}), progress=False,
+                  task=SEQUENCE)
 print("resumed_from_epoch", r.resumed_from_epoch)
 """
 
