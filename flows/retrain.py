@@ -1,7 +1,12 @@
 """Prefect flow ``retrain``: the whole loop from labeled data to a (maybe) new champion.
 
 import pending labels → validate → split → train → evaluate → register →
-promotion gate. Parameters show in the Prefect UI; retries happen only on
+promotion gate → export (only when the gate promotes) → promote. The export
+runs after the gate has decided and before the ``champion`` alias moves, so the
+service never loads a champion whose formats are still being made; a failed
+export is reported (a warning in its task run, the version's ``format.*`` tags,
+the ledger entry, the run summary) and the promotion goes ahead, served in torch
+fp32. Parameters show in the Prefect UI; retries happen only on
 transient failures (connection errors, a locked database), never on bad data
 or a failed training run. A failing step names itself in the run's state
 message and the ``notify`` webhook is told (``flows/steps.py``); nothing after
@@ -20,7 +25,7 @@ from prefect.context import FlowRunContext
 from slmops.flows.prepare_data import import_pending_task, split_task, validate_task
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core import notify
-from slmops.tasks.core.config import NotifyEvent
+from slmops.tasks.core.config import NotifyEvent, Params
 from slmops.tasks.core.redact import redact_uri
 from slmops.tasks.pipeline.challenger import (
     data_versions,
@@ -28,8 +33,9 @@ from slmops.tasks.pipeline.challenger import (
     register_challenger,
     train_challenger,
 )
-from slmops.tasks.registry.promotion import apply
-from slmops.tasks.registry.tracking import tracking_uri
+from slmops.tasks.pipeline.promote import export_formats
+from slmops.tasks.registry.promotion import gate, promote
+from slmops.tasks.registry.store import tracking_uri
 
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
 
@@ -55,9 +61,39 @@ register_task = step(
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
 )
-promote_task = step(
-    apply, name="promotion-gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
+gate_task = step(
+    gate, name="promotion-gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
 )
+
+
+def _export(params: Params, version: str) -> dict[str, Any]:
+    """Export the promoted version's serving formats; a failure is a warning in this
+    task run's log, never an exception (the promotion goes ahead)."""
+    formats = export_formats(params, version)
+    if formats.get("error"):
+        get_run_logger().warning(
+            "version %s: serving formats not exported (%s); promoted all the same, "
+            "served in torch fp32",
+            version,
+            formats["error"],
+        )
+    return formats
+
+
+export_task = step(_export, name="export")
+promote_task = step(
+    promote, name="promote", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
+)
+
+
+def _formats_line(formats: dict[str, Any] | None) -> str:
+    if formats is None:
+        return "not exported (not promoted)"
+    if formats.get("skipped"):
+        return f"not exported ({formats['skipped']})"
+    if formats.get("error"):
+        return f"**export failed** ({formats['error']}): served in torch fp32"
+    return f"`{formats['chosen']}` chosen"
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -76,6 +112,7 @@ def _summary(result: dict[str, Any]) -> str:
         f"{result['train_examples']} examples, "
         f"{result['train_seconds']:.0f} s on {result['device']}",
         f"- Data: labeled `{result['data']['labeled']}`, test `{result['data']['test']}`",
+        f"- Serving formats: {_formats_line(result['formats'])}",
         f"- Imported label files: {', '.join(result['imported']) or 'none'}",
         f"- MLflow: run `{result['run_id']}` in {result['tracking_uri']} "
         f"(`mlflow ui --backend-store-uri {result['tracking_uri']}` → Models → {result['model']})",
@@ -93,7 +130,8 @@ def retrain(
     gate_rules: dict[str, Any] | None = None,
     trigger: str = "manual",
 ) -> dict[str, Any]:
-    """Import labels, validate, train, evaluate, register, and promote if the gate agrees.
+    """Import labels, validate, train, evaluate, register, and promote if the gate agrees
+    (exporting the serving formats first).
 
     ``base_model``, ``epochs`` and ``data_fraction`` override ``train.*``;
     ``gate_rules`` overrides keys of ``gate.*`` (e.g. ``{"min_macro_f1_gain": 0.01}``).
@@ -116,7 +154,11 @@ def retrain(
     trained = train_task(params, progress=False)
     evaluated = evaluate_task(params)
     registered = register_task(params, trigger=f"flow:{trigger}")
-    decision, promoted = promote_task(params, registered.version, who=f"prefect:retrain:{trigger}")
+    who = f"prefect:retrain:{trigger}"
+    verdict = gate_task(params, registered.version, who=who)
+    formats = export_task(params, verdict.version) if verdict.promoted else None
+    promoted = promote_task(params, verdict, who=who, formats=formats)
+    decision = verdict.decision
 
     result = {
         "model": params.registry.model_name,
@@ -124,6 +166,7 @@ def retrain(
         "run_id": registered.run_id,
         "promoted": promoted,
         "decision": decision.summary,
+        "formats": formats,
         "metrics": evaluated.metrics,
         "epochs_run": trained.epochs_run,
         "best_epoch": trained.best_epoch,

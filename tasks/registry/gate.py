@@ -1,18 +1,26 @@
 """The promotion gate: a challenger replaces the champion only if every rule holds.
 
-Rules (thresholds from :class:`slmops.tasks.core.config.GateConfig`):
+Rules, named by the task's metrics (thresholds from ``params.gate``:
+:class:`~slmops.tasks.core.config.GateConfig` for sequence classification,
+:class:`~slmops.tasks.core.config.TokenGateConfig` for token classification):
 
-- ``min_accuracy`` and ``min_macro_f1``: absolute floors, always checked;
+- absolute floors, always checked: ``min_accuracy`` and ``min_macro_f1``
+  (sequence); ``min_entity_f1`` and ``min_exact_match`` (token: entity F1, and the
+  share of texts whose entities are exactly right);
 - with a champion, also
-  - ``min_macro_f1_gain``: challenger macro-F1 − champion macro-F1 ≥ the gain;
-  - ``max_class_recall_drop``: no class's recall falls by more than the drop
-    (classes without test examples are skipped);
+  - the gain in the compared score, challenger − champion ≥ the gain:
+    ``min_macro_f1_gain`` (macro-F1) or ``min_entity_f1_gain`` (entity F1);
+  - ``max_class_recall_drop`` / ``max_type_recall_drop``: no class's (entity
+    type's) recall falls by more than the drop (those without test examples are
+    skipped);
   - ``significance``: a paired test on the same test rows says the challenger is
-    better, with p < ``alpha`` (McNemar on per-row correctness, or a paired
-    bootstrap of macro-F1); ``significance: none`` skips it.
+    better, with p < ``alpha`` (McNemar on per-row correctness, for token
+    classification on the texts each model gets exactly right; or, for sequence
+    classification, a paired bootstrap of macro-F1); ``significance: none`` skips it.
 
 Without a champion the challenger is promoted iff the floors hold. The decision
-lists every rule it checked and why each failure failed, in words.
+lists every rule it checked and why each failure failed, in words that name the
+task's metrics, and :attr:`GateDecision.metrics` the values compared.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from slmops.tasks.core.config import GateConfig, SignificanceTest
+from slmops.tasks.core.config import GateConfig, GateRules, SignificanceTest, TokenGateConfig
 
 # McNemar: exact binomial test below this many discordant pairs, chi-square above.
 EXACT_BELOW = 25
@@ -114,8 +122,8 @@ def paired_bootstrap_test(
     """Paired bootstrap of the challenger's macro-F1 gain over the champion.
 
     Resamples test rows with replacement (the same rows for both models), and
-    computes both macro-F1s on each resample from class counts (vectorised:
-    2,000 resamples of 3,000 rows × 77 classes take well under a second).
+    computes both macro-F1s on each resample from class counts, vectorised over
+    chunks of resamples, so thousands of resamples stay cheap.
     ``p_value`` is the one-sided share of resamples where the gain is ≤ 0 (is
     the challenger better?). Labels in the predictions but not in ``labels`` are
     added as extra classes. Returns::
@@ -184,7 +192,9 @@ class GateDecision:
     ``reasons`` has one line per failed rule (empty when promoted); ``checks``
     has every rule checked, as ``{"rule", "passed", "value", "threshold",
     "detail"}``; ``summary`` is one line starting ``promote:`` or ``refuse:``;
-    ``significance`` is the full paired-test result when one ran.
+    ``significance`` is the full paired-test result when one ran; ``metrics``
+    the values compared, under the task's metric names (``{"entity_f1":
+    {"challenger": 0.45, "champion": 0.44}, ...}``; champion None without one).
     """
 
     promote: bool
@@ -192,10 +202,74 @@ class GateDecision:
     checks: list[dict[str, Any]]
     summary: str
     significance: dict[str, Any] | None = field(default=None)
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric the gate compares: its name in decisions, its key in the evaluation
+    report, and how messages spell it."""
+
+    name: str  # key in GateDecision.metrics
+    report_key: str  # key in the evaluation's report.json
+    words: str  # in messages
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What the gate compares for one task and how it names it: the rule (a key of
+    the task's gate config) of each floor, the score whose gain is required, and the
+    words for a class and for the rows McNemar pairs."""
+
+    floors: tuple[tuple[str, Metric], ...]  # (rule, metric), checked in this order
+    score: Metric
+    gain_rule: str
+    recall_rule: str
+    unit: str
+    units: str
+    rows: str
+    right: str
+
+
+_MACRO_F1 = Metric("macro_f1", "macro_f1", "macro-F1")
+_ENTITY_F1 = Metric("entity_f1", "f1", "entity F1")  # micro: every entity counts once
+
+SEQUENCE_TERMS = Terms(
+    floors=(
+        ("min_accuracy", Metric("accuracy", "accuracy", "accuracy")),
+        ("min_macro_f1", _MACRO_F1),
+    ),
+    score=_MACRO_F1,
+    gain_rule="min_macro_f1_gain",
+    recall_rule="max_class_recall_drop",
+    unit="class",
+    units="classes",
+    rows="rows",
+    right="right",
+)
+# The token evaluation's "accuracy" is the share of texts whose entities are exactly right.
+TOKEN_TERMS = Terms(
+    floors=(
+        ("min_entity_f1", _ENTITY_F1),
+        ("min_exact_match", Metric("exact_match", "accuracy", "exact match")),
+    ),
+    score=_ENTITY_F1,
+    gain_rule="min_entity_f1_gain",
+    recall_rule="max_type_recall_drop",
+    unit="entity type",
+    units="entity types",
+    rows="texts",
+    right="exactly right",
+)
+
+
+def terms(rules: GateRules) -> Terms:
+    """The metrics and words of the task whose gate config ``rules`` is."""
+    return TOKEN_TERMS if isinstance(rules, TokenGateConfig) else SEQUENCE_TERMS
 
 
 def _metric(report: dict[str, Any], key: str, side: str) -> float:
@@ -217,18 +291,32 @@ def _check(
     }
 
 
-def _floors(report: dict[str, Any], rules: GateConfig) -> list[tuple[dict[str, Any], str]]:
+def _floors(
+    report: dict[str, Any], rules: GateRules, words: Terms
+) -> list[tuple[dict[str, Any], str]]:
     out = []
-    for rule, key, name in (
-        ("min_accuracy", "accuracy", "accuracy"),
-        ("min_macro_f1", "macro_f1", "macro-F1"),
-    ):
-        value = _metric(report, key, "challenger")
+    for rule, metric in words.floors:
+        value = _metric(report, metric.report_key, "challenger")
         floor = getattr(rules, rule)
         passed = value >= floor
-        detail = f"{name} {value:.4f} {'≥' if passed else 'below'} floor {floor:.4f}"
+        detail = f"{metric.words} {value:.4f} {'≥' if passed else 'below'} floor {floor:.4f}"
         out.append((_check(rule, passed, value, floor, detail), detail))
     return out
+
+
+def _compared(
+    challenger: dict[str, Any], champion: dict[str, Any] | None, words: Terms
+) -> dict[str, dict[str, float | None]]:
+    def value(report: dict[str, Any] | None, key: str) -> float | None:
+        return None if report is None or report.get(key) is None else float(report[key])
+
+    return {
+        metric.name: {
+            "challenger": value(challenger, metric.report_key),
+            "champion": value(champion, metric.report_key),
+        }
+        for _, metric in words.floors
+    }
 
 
 def _recall_drops(
@@ -249,8 +337,39 @@ def _recall_drops(
     return sorted(drops, key=lambda d: (-d[0], d[1]))
 
 
+def _recall_check(
+    challenger: dict[str, Any], champion: dict[str, Any], allowed: float, words: Terms
+) -> tuple[dict[str, Any], str | None]:
+    """The recall rule's check, and its reason when it failed."""
+    drops = _recall_drops(challenger, champion)
+    failed = [d for d in drops if d[0] > allowed]
+    worst = drops[0] if drops else None
+    if failed:
+        parts = [f"{c} fell {d:.3f} ({old:.3f} → {new:.3f})" for d, c, old, new in failed[:5]]
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        if len(failed) == 1:
+            detail = f"recall of {words.unit} {parts[0]}, more than {allowed:.3f} allowed"
+        else:
+            detail = (
+                f"recall fell more than {allowed:.3f} in {len(failed)} {words.units}: "
+                + ", ".join(parts)
+                + more
+            )
+    elif worst is not None and worst[0] > 0:
+        detail = (
+            f"largest recall drop {worst[0]:.3f} ({words.unit} {worst[1]}: {worst[2]:.3f} → "
+            f"{worst[3]:.3f}) within {allowed:.3f}"
+        )
+    else:
+        detail = f"no {words.unit} recall fell ({len(drops)} {words.units} compared)"
+    value = max(worst[0], 0.0) if worst else 0.0
+    check = _check(words.recall_rule, not failed, value, allowed, detail)
+    return check, detail if failed else None
+
+
 def _significance(
-    rules: GateConfig,
+    rules: GateRules,
+    words: Terms,
     challenger_correct: np.ndarray | None,
     champion_correct: np.ndarray | None,
     y_true: Sequence[str] | None,
@@ -273,7 +392,7 @@ def _significance(
             champion_correct = np.asarray(champion_pred, dtype=object) == y
         res = mcnemar_test(champion_correct, challenger_correct)
         b, c, p = res["only_challenger_correct"], res["only_champion_correct"], res["p_value"]
-        counts = f"challenger alone right on {b} rows, champion alone on {c}"
+        counts = f"challenger alone {words.right} on {b} {words.rows}, champion alone on {c}"
         if p >= alpha:
             return (
                 res,
@@ -293,6 +412,8 @@ def _significance(
 
     if not have_preds:
         raise ValueError("significance 'bootstrap' needs y_true, challenger_pred and champion_pred")
+    if not isinstance(rules, GateConfig):  # TokenGateConfig refuses it when loaded
+        raise ValueError("significance 'bootstrap' is for sequence classification only")
     res = paired_bootstrap_test(
         y_true, champion_pred, challenger_pred, labels or [], samples=rules.bootstrap_samples
     )
@@ -313,7 +434,7 @@ def _significance(
 def decide(
     challenger: dict[str, Any],
     champion: dict[str, Any] | None,
-    rules: GateConfig,
+    rules: GateRules,
     *,
     challenger_correct: np.ndarray | None = None,
     champion_correct: np.ndarray | None = None,
@@ -324,21 +445,24 @@ def decide(
 ) -> GateDecision:
     """Decide whether ``challenger`` may replace ``champion``.
 
-    ``challenger``/``champion`` are :func:`slmops.tasks.model.metrics.classification_report`
-    dicts from the same frozen test rows (extra keys are ignored). The paired
-    test needs per-row data: McNemar takes ``challenger_correct`` and
+    ``challenger``/``champion`` are the evaluation reports (``report.json``) of the
+    same frozen test rows (extra keys are ignored); ``rules`` is the task's gate
+    config, which also picks the metrics compared and their names (:func:`terms`).
+    The paired test needs per-row data: McNemar takes ``challenger_correct`` and
     ``champion_correct`` (boolean, row-aligned) or derives them from ``y_true``
     and both predictions; the bootstrap takes ``y_true`` and both predictions
     (``labels`` defaults to the challenger's ``per_class`` keys). Missing per-row
     data for the configured test raises ``ValueError``; it is not read as a
     refusal. Every rule is checked and every failure reported.
     """
+    words = terms(rules)
     checks: list[dict[str, Any]] = []
     reasons: list[str] = []
-    for check, detail in _floors(challenger, rules):
+    for check, detail in _floors(challenger, rules, words):
         checks.append(check)
         if not check["passed"]:
             reasons.append(detail)
+    compared = _compared(challenger, champion, words)
 
     if champion is None:
         ok = not reasons
@@ -348,56 +472,29 @@ def decide(
             if ok
             else f"refuse: {lead}, and it fails the floors: " + "; ".join(reasons)
         )
-        return GateDecision(ok, reasons, checks, summary)
+        return GateDecision(ok, reasons, checks, summary, metrics=compared)
 
-    new_f1 = _metric(challenger, "macro_f1", "challenger")
-    old_f1 = _metric(champion, "macro_f1", "champion")
-    gain = round(new_f1 - old_f1, _NOISE)
-    need = rules.min_macro_f1_gain
+    score = words.score
+    new = _metric(challenger, score.report_key, "challenger")
+    old = _metric(champion, score.report_key, "champion")
+    gain = round(new - old, _NOISE)
+    need = getattr(rules, words.gain_rule)
     passed = gain >= need
     detail = (
-        f"macro-F1 gain {gain:+.4f} ({old_f1:.4f} → {new_f1:.4f}) "
+        f"{score.words} gain {gain:+.4f} ({old:.4f} → {new:.4f}) "
         f"{'meets' if passed else 'below'} the required {need:+.4f}"
     )
-    checks.append(_check("min_macro_f1_gain", passed, gain, need, detail))
+    checks.append(_check(words.gain_rule, passed, gain, need, detail))
     if not passed:
         reasons.append(
-            f"macro-F1 gain {gain:+.4f} below the required {need:+.4f} "
-            f"({old_f1:.4f} → {new_f1:.4f})"
+            f"{score.words} gain {gain:+.4f} below the required {need:+.4f} ({old:.4f} → {new:.4f})"
         )
 
-    allowed = rules.max_class_recall_drop
-    drops = _recall_drops(challenger, champion)
-    failed = [d for d in drops if d[0] > allowed]
-    worst = drops[0] if drops else None
-    if failed:
-        parts = [f"{c} fell {d:.3f} ({old:.3f} → {new:.3f})" for d, c, old, new in failed[:5]]
-        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        if len(failed) == 1:
-            detail = f"recall of class {parts[0]}, more than {allowed:.3f} allowed"
-        else:
-            detail = (
-                f"recall fell more than {allowed:.3f} in {len(failed)} classes: "
-                + ", ".join(parts)
-                + more
-            )
-        reasons.append(detail)
-    elif worst is not None and worst[0] > 0:
-        detail = (
-            f"largest recall drop {worst[0]:.3f} (class {worst[1]}: {worst[2]:.3f} → "
-            f"{worst[3]:.3f}) within {allowed:.3f}"
-        )
-    else:
-        detail = f"no class recall fell ({len(drops)} classes compared)"
-    checks.append(
-        _check(
-            "max_class_recall_drop",
-            not failed,
-            max(worst[0], 0.0) if worst else 0.0,
-            allowed,
-            detail,
-        )
-    )
+    allowed = getattr(rules, words.recall_rule)
+    check, reason = _recall_check(challenger, champion, allowed, words)
+    checks.append(check)
+    if reason:
+        reasons.append(reason)
 
     significance = None
     if rules.significance == SignificanceTest.none:
@@ -407,6 +504,7 @@ def decide(
             labels = list(challenger.get("per_class", {}))
         significance, passed, detail = _significance(
             rules,
+            words,
             challenger_correct,
             champion_correct,
             y_true,
@@ -421,9 +519,9 @@ def decide(
     ok = not reasons
     if ok:
         summary = (
-            f"promote: macro-F1 {new_f1:.4f} vs champion {old_f1:.4f} ({gain:+.4f}), "
+            f"promote: {score.words} {new:.4f} vs champion {old:.4f} ({gain:+.4f}), "
             f"all {len(checks)} checks passed"
         )
     else:
         summary = "refuse: " + "; ".join(reasons)
-    return GateDecision(ok, reasons, checks, summary, significance)
+    return GateDecision(ok, reasons, checks, summary, significance, compared)

@@ -4,12 +4,20 @@ The ``champion`` alias is what serves; ``previous`` is the champion before it.
 Every decision (promotion, refusal, manual promotion, rollback) is appended to
 the ledger, because MLflow keeps no history of alias moves.
 
+A promotion is two steps: :func:`gate` judges the version and tags the decision
+on it; :func:`promote` moves the aliases (when the gate passed, or it was forced)
+and writes the ledger entry. The promoted version's serving formats are exported
+between the two (:mod:`slmops.tasks.pipeline.promote`, and the ``retrain`` flow's
+``export`` step), so the service never loads a champion whose formats are still
+being made; a failed export does not stop :func:`promote`. :func:`apply` is the
+two steps without an export.
+
 The alias and the ledger live in two stores and cannot change together: a
-promotion tags the version, exports its formats, moves the aliases and only then
-writes the ledger. A process killed between the alias move and the ledger write
-leaves a champion the ledger does not name; the next promotion or rollback
-(:func:`reconcile`) finds the disagreement and records the champion it finds,
-with the gate decision tagged on that version, before doing anything else.
+promotion moves the aliases and only then writes the ledger. A process killed
+between the alias move and the ledger write leaves a champion the ledger does
+not name; the next promotion or rollback (:func:`reconcile`) finds the
+disagreement and records the champion it finds, with the gate decision tagged
+on that version, before doing anything else.
 """
 
 from __future__ import annotations
@@ -23,12 +31,13 @@ from typing import Any
 
 import pandas as pd
 
-from slmops.tasks.core.config import GateConfig, Params
+from slmops.tasks.core.config import GateRules, Params
 from slmops.tasks.core.errors import PromotionError
 from slmops.tasks.model.evaluate import PREDICTIONS_FILE, REPORT_FILE
 from slmops.tasks.registry import ledger
 from slmops.tasks.registry.gate import GateDecision, decide
-from slmops.tasks.registry.tracking import actor, configure
+from slmops.tasks.registry.store import Registry
+from slmops.tasks.registry.tracking import actor
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +60,44 @@ class Evaluated:
     run_id: str
 
 
-def client(params: Params):
-    """An MLflow client on the configured store."""
-    from mlflow import MlflowClient
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's judgement of a version (tagged on it), before any alias moves."""
 
-    configure(params)
-    return MlflowClient()
+    version: str
+    champion_before: str | None  # the champion it was judged against
+    decision: GateDecision
+    forced: bool
+    metrics: dict[str, dict[str, Any] | None]  # "challenger", "champion": their test metrics
 
-
-def alias_version(mlflow_client, name: str, alias: str) -> str | None:
-    """The version an alias points to, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(mlflow_client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    @property
+    def promoted(self) -> bool:
+        """Whether :func:`promote` makes it the champion (the gate passed, or forced)."""
+        return self.decision.promote or self.forced
 
 
-def load_evaluated(mlflow_client, name: str, version: str) -> Evaluated:
+def client(params: Params) -> Any:
+    """The raw MLflow client on the configured store, for inspection (tests, ad hoc
+    queries); the project's code goes through :class:`~slmops.tasks.registry.store.Registry`."""
+    return Registry.configured(params).client
+
+
+def alias_version(registry: Registry | Any, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None. ``registry``: a
+    :class:`~slmops.tasks.registry.store.Registry` or the client :func:`client` returns."""
+    if not isinstance(registry, Registry):
+        registry = Registry(registry.tracking_uri, registry)
+    return registry.alias(name, alias)
+
+
+def load_evaluated(registry: Registry, name: str, version: str) -> Evaluated:
     """Fetch a version's test-split evaluation from its run's artifacts."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = mlflow_client.get_model_version(name, version)
-    except MlflowException:
-        raise PromotionError(
-            f"{name} has no version {version!r} (`slmops models` lists them)"
-        ) from None
+    mv = registry.version(name, version)
+    if mv is None:
+        raise PromotionError(f"{name} has no version {version!r} (`slmops models` lists them)")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            folder = Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=mv.run_id, artifact_path=EVAL_ARTIFACTS, dst_path=tmp
-                )
-            )
+            folder = registry.download_run_artifacts(mv.run_id, EVAL_ARTIFACTS, Path(tmp))
             report = json.loads((folder / REPORT_FILE).read_text())
             predictions = pd.read_csv(folder / PREDICTIONS_FILE, dtype={"label": str, "pred": str})
         except (OSError, ValueError) as exc:
@@ -96,7 +107,9 @@ def load_evaluated(mlflow_client, name: str, version: str) -> Evaluated:
     return Evaluated(str(version), report, predictions, mv.tags.get(TAG_TEST_HASH, ""), mv.run_id)
 
 
-def reconcile(params: Params, mc=None, *, who: str | None = None) -> dict[str, Any] | None:
+def reconcile(
+    params: Params, registry: Registry | None = None, *, who: str | None = None
+) -> dict[str, Any] | None:
     """Make the ledger agree with the ``champion`` alias after a crash between the two.
 
     When the ledger's last ``champion_after`` is not the version the alias points
@@ -105,18 +118,19 @@ def reconcile(params: Params, mc=None, *, who: str | None = None) -> dict[str, A
     version's gate tags, and point ``previous`` at the champion the ledger named.
     Returns the entry, or None when they agree.
     """
-    mc = mc or client(params)
+    registry = registry or Registry.configured(params)
     name = params.registry.model_name
     path = params.path(params.registry.ledger)
     entries = [e for e in ledger.read(path) if e.get("model") == name]
     recorded = entries[-1].get("champion_after") if entries else None
     recorded = str(recorded) if recorded is not None else None
-    found = alias_version(mc, name, CHAMPION)
+    found = registry.alias(name, CHAMPION)
     if found == recorded:
         return None
-    tags = mc.get_model_version(name, found).tags if found else {}
-    if found and recorded and alias_version(mc, name, PREVIOUS) != recorded:
-        mc.set_registered_model_alias(name, PREVIOUS, recorded)  # what the move would have set
+    mv = registry.version(name, found) if found else None
+    tags = mv.tags if mv else {}
+    if found and recorded and registry.alias(name, PREVIOUS) != recorded:
+        registry.set_alias(name, PREVIOUS, recorded)  # what the move would have set
     log.warning(
         "%s: the champion alias is at version %s but the ledger's last entry says %s "
         "(a promotion or rollback was interrupted before its ledger entry); recording it",
@@ -142,7 +156,7 @@ def reconcile(params: Params, mc=None, *, who: str | None = None) -> dict[str, A
     )
 
 
-def judge(challenger: Evaluated, champion: Evaluated | None, rules: GateConfig) -> GateDecision:
+def judge(challenger: Evaluated, champion: Evaluated | None, rules: GateRules) -> GateDecision:
     """Apply the gate to two evaluations made on the same test rows."""
     if champion is not None:
         if champion.test_hash != challenger.test_hash:
@@ -168,6 +182,72 @@ def _metrics(e: Evaluated | None) -> dict[str, Any] | None:
     return dict(e.report.get("metrics", {})) if e else None
 
 
+def gate(params: Params, version: str, *, force: bool = False, who: str | None = None) -> Verdict:
+    """Judge ``version`` against the current champion and tag the decision on it
+    (``gate.decision``: promoted, forced or refused; ``gate.summary``). Moves nothing.
+
+    ``force`` promotes even when the gate refuses (recorded as such).
+    """
+    registry = Registry.configured(params)
+    name = params.registry.model_name
+    reconcile(params, registry, who=who)
+    current = registry.alias(name, CHAMPION)
+    if current == str(version):
+        raise PromotionError(f"{name} version {version} is already the champion")
+    challenger = load_evaluated(registry, name, version)
+    champion = load_evaluated(registry, name, current) if current else None
+    decision = judge(challenger, champion, params.gate)
+    tag = "promoted" if decision.promote else ("forced" if force else "refused")
+    registry.set_tags(name, version, {TAG_DECISION: tag, TAG_SUMMARY: decision.summary[:4000]})
+    return Verdict(
+        str(version),
+        current,
+        decision,
+        force,
+        {"challenger": _metrics(challenger), "champion": _metrics(champion)},
+    )
+
+
+def promote(
+    params: Params,
+    verdict: Verdict,
+    *,
+    action: str = "gate",
+    who: str | None = None,
+    note: str = "",
+    formats: dict[str, Any] | None = None,
+) -> bool:
+    """Act on :func:`gate`'s ``verdict``: when it promotes, point ``previous`` at the
+    champion it was judged against and ``champion`` at the version; then write the
+    ledger entry (with ``formats``, the export's outcome, when given). Returns whether
+    the champion moved."""
+    registry = Registry.configured(params)
+    name = params.registry.model_name
+    version, current = verdict.version, verdict.champion_before
+    if verdict.promoted:
+        if current:
+            registry.set_alias(name, PREVIOUS, current)
+        registry.set_alias(name, CHAMPION, version)
+    ledger.append(
+        params.path(params.registry.ledger),
+        {
+            "action": "force-promote" if verdict.forced else action,
+            "model": name,
+            "version": version,
+            "champion_before": current,
+            "champion_after": version if verdict.promoted else current,
+            "promoted": verdict.promoted,
+            "actor": who or actor(),
+            "reason": verdict.decision.summary + (f" ({note})" if note else ""),
+            "checks": verdict.decision.checks,
+            "metrics": verdict.metrics,
+            **({"formats": formats} if formats is not None else {}),
+        },
+    )
+    log.info("%s version %s: %s", name, version, verdict.decision.summary)
+    return verdict.promoted
+
+
 def apply(
     params: Params,
     version: str,
@@ -177,71 +257,29 @@ def apply(
     who: str | None = None,
     note: str = "",
 ) -> tuple[GateDecision, bool]:
-    """Gate ``version`` against the current champion; move the aliases if it passes.
+    """:func:`gate` then :func:`promote`, with no export between them (promoting with
+    the export: :func:`slmops.tasks.pipeline.promote.promote_version`).
 
-    ``force`` promotes even when the gate refuses (recorded as such). A promoted
-    version's serving formats are exported first (:func:`tasks.model.export.export_on_promotion`;
-    the ledger entry says which format was chosen, or why the export failed).
     Returns the decision and whether the champion moved. Every call is written to
     the ledger.
     """
-    mc = client(params)
-    name = params.registry.model_name
-    reconcile(params, mc, who=who)
-    current = alias_version(mc, name, CHAMPION)
-    if current == str(version):
-        raise PromotionError(f"{name} version {version} is already the champion")
-    challenger = load_evaluated(mc, name, version)
-    champion = load_evaluated(mc, name, current) if current else None
-    decision = judge(challenger, champion, params.gate)
-    promoted = decision.promote or force
-    tag = "promoted" if decision.promote else ("forced" if force else "refused")
-    mc.set_model_version_tag(name, version, TAG_DECISION, tag)
-    mc.set_model_version_tag(name, version, TAG_SUMMARY, decision.summary[:4000])
-    formats = None
-    if promoted:
-        from slmops.tasks.model.export import export_on_promotion
-
-        # Before the alias moves, so the service never loads a champion whose formats are
-        # still being made. A failed export is logged and tagged, never raised: the
-        # promotion stands and the version is served in torch fp32.
-        formats = export_on_promotion(params, mc, str(version))
-        if current:
-            mc.set_registered_model_alias(name, PREVIOUS, current)
-        mc.set_registered_model_alias(name, CHAMPION, version)
-    ledger.append(
-        params.path(params.registry.ledger),
-        {
-            "action": action if not force else "force-promote",
-            "model": name,
-            "version": str(version),
-            "champion_before": current,
-            "champion_after": str(version) if promoted else current,
-            "promoted": promoted,
-            "actor": who or actor(),
-            "reason": decision.summary + (f" ({note})" if note else ""),
-            "checks": decision.checks,
-            "metrics": {"challenger": _metrics(challenger), "champion": _metrics(champion)},
-            **({"formats": formats} if formats is not None else {}),
-        },
-    )
-    log.info("%s version %s: %s", name, version, decision.summary)
-    return decision, promoted
+    verdict = gate(params, version, force=force, who=who)
+    return verdict.decision, promote(params, verdict, action=action, who=who, note=note)
 
 
 def rollback(params: Params, *, who: str | None = None, reason: str = "") -> dict[str, Any]:
     """Move ``champion`` back to ``previous`` (and ``previous`` to the demoted version)."""
-    mc = client(params)
+    registry = Registry.configured(params)
     name = params.registry.model_name
-    reconcile(params, mc, who=who)
-    current = alias_version(mc, name, CHAMPION)
-    previous = alias_version(mc, name, PREVIOUS)
+    reconcile(params, registry, who=who)
+    current = registry.alias(name, CHAMPION)
+    previous = registry.alias(name, PREVIOUS)
     if current is None or previous is None:
         raise PromotionError(
             f"{name}: nothing to roll back to (champion: {current}, previous: {previous})"
         )
-    mc.set_registered_model_alias(name, CHAMPION, previous)
-    mc.set_registered_model_alias(name, PREVIOUS, current)
+    registry.set_alias(name, CHAMPION, previous)
+    registry.set_alias(name, PREVIOUS, current)
     return ledger.append(
         params.path(params.registry.ledger),
         {
@@ -259,32 +297,27 @@ def rollback(params: Params, *, who: str | None = None, reason: str = "") -> dic
 
 def versions_table(params: Params) -> pd.DataFrame:
     """One row per registered version: metrics, data versions, gate outcome, aliases."""
-    mc = client(params)
+    registry = Registry.configured(params)
     name = params.registry.model_name
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = mc.get_registered_model(name)
-    except MlflowException:
+    by_alias = registry.aliases(name)
+    if by_alias is None:
         return pd.DataFrame()
     aliases: dict[str, list[str]] = {}
-    for alias, version in (model.aliases or {}).items():
-        aliases.setdefault(str(version), []).append(alias)
+    for alias, version in by_alias.items():
+        aliases.setdefault(version, []).append(alias)
     rows = []
-    for mv in mc.search_model_versions(f"name='{name}'"):
+    for mv in registry.versions(name):
         t = mv.tags
         rows.append(
             {
                 "version": int(mv.version),
-                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+                "aliases": ",".join(sorted(aliases.get(mv.version, []))),
                 "accuracy": _float(t.get("metrics.accuracy")),
                 "macro_f1": _float(t.get("metrics.macro_f1")),
                 "labeled_data": t.get("data.labeled_hash", "")[:12],
                 "test_data": t.get(TAG_TEST_HASH, "")[:12],
                 "gate": t.get(TAG_DECISION, ""),
-                "created": pd.Timestamp(mv.creation_timestamp, unit="ms").strftime(
-                    "%Y-%m-%d %H:%M"
-                ),
+                "created": pd.Timestamp(mv.created_ms, unit="ms").strftime("%Y-%m-%d %H:%M"),
                 "run_id": mv.run_id,
             }
         )

@@ -1,73 +1,51 @@
-"""MLflow tracking and registry: where runs go, what each run records, model versions.
+"""MLflow tracking: a challenger's run (tags, params, metrics, datasets, artifacts, the
+model), its registration as a version, and live accuracy recorded on versions.
 
-The store is embedded by default (``sqlite:///mlflow/mlflow.db`` with artifacts
-in ``mlflow/artifacts``); ``MLFLOW_TRACKING_URI`` points everything at a
-server instead.
+Where the store is and how it is reached: :mod:`slmops.tasks.registry.store`.
 """
 
 from __future__ import annotations
 
 import getpass
 import logging
-import os
 import socket
 import subprocess
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from slmops.tasks.core.config import Params
+from slmops.tasks.registry.store import Registry, configure, tracking_uri
 
 if TYPE_CHECKING:
-    from slmops.tasks.task_types import TaskType
+    from slmops.tasks.core.task_type import TaskType
+
+__all__ = [  # configure and tracking_uri are the store's, kept importable from here
+    "MODEL_REQUIREMENTS",
+    "LoggedModel",
+    "Run",
+    "actor",
+    "configure",
+    "flatten",
+    "git_commit",
+    "log_dataset",
+    "log_model",
+    "record_live_accuracy",
+    "register",
+    "start_run",
+    "tracking_uri",
+]
 
 log = logging.getLogger(__name__)
 
 # What the logged model needs at load time. Passed explicitly: MLflow's inferred
 # list for the transformers flavour adds torchvision, which is not installed.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "transformers>=5.0,<6", "tokenizers", "safetensors"]
-
-
-def tracking_uri(params: Params) -> str:
-    """The tracking URI: ``MLFLOW_TRACKING_URI`` if set, else the configured one.
-
-    A relative ``sqlite:///`` path is resolved against the project root.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        db = params.path(uri[len(prefix) :])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        uri = prefix + str(db.resolve())
-    return uri
-
-
-def configure(params: Params) -> str:
-    """Point MLflow at the store and make sure the experiment exists; return its id."""
-    import mlflow
-
-    # Artifact downloads are a few small files; their bars only clutter the logs.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))
-    mlflow.set_tracking_uri(tracking_uri(params))
-    if not from_env:
-        # MLflow exports the URI it is given to the environment; undo that so a
-        # later project in this process (or a child process) reads its own
-        # params instead of inheriting this store.
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    name = params.registry.experiment
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
-        return experiment.experiment_id
-    location = None
-    if not from_env:
-        location = params.path(params.registry.artifact_location).resolve().as_uri()
-    experiment_id = mlflow.create_experiment(name, artifact_location=location)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
 
 
 def actor() -> str:
@@ -107,9 +85,66 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged to a run: what :func:`register` takes, and MLflow's id for it."""
+
+    model_uri: str
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """The active MLflow run (opened by :func:`start_run`): what a challenger's run records."""
+
+    id: str
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the run."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.set_tags(dict(tags))
+
+    def log_params(self, values: Mapping[str, Any]) -> None:
+        """Record flat parameters (see :func:`flatten`)."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.log_params(dict(values))
+
+    def log_metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        """Record metrics, at ``step`` (an epoch) when given."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.log_metrics(dict(values), step=step)
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        """Upload the files of ``folder`` (to ``artifact_path`` of the run)."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+    def log_artifact(self, path: Path) -> None:
+        """Upload one file to the run's root."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.log_artifact(str(path))
+
+
+@contextmanager
+def start_run(params: Params, run_name: str | None = None) -> Iterator[Run]:
+    """Open a run in the configured experiment; it ends (failed, if an exception
+    escapes) when the block does."""
+    import mlflow  # deferred: importing mlflow takes seconds
+
+    configure(params)
+    with mlflow.start_run(run_name=run_name) as run:
+        yield Run(run.info.run_id)
+
+
 def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, context: str) -> None:
-    """Record a dataset as a run input (lineage in the MLflow UI), named by its DVC hash."""
-    import mlflow
+    """Record a dataset as an input of the active run (lineage in the MLflow UI), named by
+    its DVC hash."""
+    import mlflow  # deferred: importing mlflow takes seconds
 
     with warnings.catch_warnings():
         # MLflow finds two equal "local artifact" readings of a path and warns.
@@ -120,31 +155,27 @@ def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, contex
     mlflow.log_input(dataset, context=context)
 
 
-def log_model(model_dir: Path, *, input_example: list[str], task: TaskType | None = None):
-    """Log the fine-tuned model (transformers flavour, safetensors) to the active run.
+def log_model(model_dir: Path, *, input_example: list[str], task: TaskType) -> LoggedModel:
+    """Log the fine-tuned model (transformers flavour, safetensors) of task type ``task``
+    to the active run."""
+    import mlflow  # deferred: importing mlflow takes seconds
+    import transformers  # deferred: importing transformers takes seconds
 
-    ``task`` defaults to the one the model folder was trained for.
-    """
-    import mlflow
-    import transformers
-
-    from slmops.tasks.task_types import task_of
-
-    task = task or task_of(transformers.AutoConfig.from_pretrained(model_dir))
     model = task.auto_class().from_pretrained(model_dir, use_safetensors=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    return mlflow.transformers.log_model(
+    info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
         task=task.pipeline_task,
         pip_requirements=MODEL_REQUIREMENTS,
         input_example=input_example,
     )
+    return LoggedModel(str(info.model_uri), str(info.model_id))
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
     """Register a logged model as a new version of ``name``; return the version."""
-    import mlflow
+    import mlflow  # deferred: importing mlflow takes seconds
 
     version = mlflow.register_model(model_uri, name, tags=tags)
     return str(version.version)
@@ -153,21 +184,20 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
 def record_live_accuracy(params: Params, live: dict[str, dict[str, float]]) -> None:
     """Tag each model version with its accuracy on user feedback and add it to the
     version's run as the metric ``live_accuracy`` (a history over time in the UI)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     configure(params)
-    client = MlflowClient()
+    registry = Registry.of(params)
     name = params.registry.model_name
     for version, m in live.items():
-        try:
-            mv = client.get_model_version(name, version)
-        except MlflowException:
+        mv = registry.version(name, version)
+        if mv is None:
             log.warning(
                 "%s version %s: not in the registry; live accuracy not recorded", name, version
             )
             continue
-        client.set_model_version_tag(name, version, "live.accuracy", f"{m['accuracy']:.4f}")
-        client.set_model_version_tag(name, version, "live.feedback_rows", str(int(m["n"])))
+        registry.set_tags(
+            name,
+            version,
+            {"live.accuracy": f"{m['accuracy']:.4f}", "live.feedback_rows": str(int(m["n"]))},
+        )
         if mv.run_id:
-            client.log_metric(mv.run_id, "live_accuracy", float(m["accuracy"]))
+            registry.log_metric(mv.run_id, "live_accuracy", float(m["accuracy"]))

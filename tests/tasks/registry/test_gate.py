@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from slmops.tasks.core.config import GateConfig
+from slmops.tasks.core.config import GateConfig, TokenGateConfig
 from slmops.tasks.registry.gate import GateDecision, decide, mcnemar_test, paired_bootstrap_test
 
 # Permissive everywhere except what a test sets, and no paired test unless asked.
@@ -374,3 +374,126 @@ def test_gate_with_bootstrap():
     )
     assert failed(d) == ["significance"]
     assert "is not significant" in d.reasons[0]
+
+
+# --- token classification: entity-level metrics under their own names ------------------------
+
+TOKEN_BASE = {
+    "min_entity_f1_gain": 0.0,
+    "max_type_recall_drop": 0.10,
+    "min_entity_f1": 0.30,
+    "min_exact_match": 0.20,
+    "significance": "none",
+}
+# Words of the sequence gate that must not describe an entity-level comparison.
+CLASSIFICATION_WORDS = ("macro-F1", "accuracy", "class ", "classes")
+
+
+def token_rules(**overrides) -> TokenGateConfig:
+    return TokenGateConfig(**{**TOKEN_BASE, **overrides})
+
+
+def entity_report(f1: float, exact: float, macro_f1: float, recalls: dict | None = None) -> dict:
+    """An entity report as the token evaluation writes it: micro `f1`, `macro_f1` over
+    the types, `accuracy` = share of texts whose entities are exactly right."""
+    recalls = recalls or {"person": 0.5, "location": 0.5}
+    return {
+        "precision": f1,
+        "recall": f1,
+        "f1": f1,
+        "macro_f1": macro_f1,
+        "accuracy": exact,
+        "per_class": {
+            t: {"precision": r, "recall": r, "f1": r, "support": 20, "predicted": 20}
+            for t, r in recalls.items()
+        },
+    }
+
+
+def words_of(d: GateDecision) -> str:
+    return " ".join([d.summary, *d.reasons, *(c["detail"] for c in d.checks)])
+
+
+def test_ner_first_model_names_entity_f1_and_exact_match():
+    d = decide(entity_report(0.45, 0.56, 0.34), None, token_rules())
+    assert d.promote, d.reasons
+    assert [c["rule"] for c in d.checks] == ["min_entity_f1", "min_exact_match"]
+    assert d.summary == (
+        "promote: first model: no champion to compare; entity F1 0.4500 ≥ floor 0.3000; "
+        "exact match 0.5600 ≥ floor 0.2000"
+    )
+    assert d.metrics == {
+        "entity_f1": {"challenger": 0.45, "champion": None},
+        "exact_match": {"challenger": 0.56, "champion": None},
+    }
+    assert not any(w in words_of(d) for w in CLASSIFICATION_WORDS), words_of(d)
+
+
+def test_ner_floors_refuse_under_their_names():
+    d = decide(entity_report(0.25, 0.10, 0.60), None, token_rules())
+    assert not d.promote and failed(d) == ["min_entity_f1", "min_exact_match"]
+    assert d.reasons == [
+        "entity F1 0.2500 below floor 0.3000",
+        "exact match 0.1000 below floor 0.2000",
+    ]
+
+
+def test_ner_gain_compares_entity_f1_not_the_mean_over_types():
+    # Entity F1 up, macro-F1 over the types down: the entity F1 decides.
+    up = decide(entity_report(0.46, 0.5, 0.30), entity_report(0.45, 0.5, 0.34), token_rules())
+    assert up.promote, up.reasons
+    assert [c["rule"] for c in up.checks] == [
+        "min_entity_f1",
+        "min_exact_match",
+        "min_entity_f1_gain",
+        "max_type_recall_drop",
+        "significance",
+    ]
+    assert up.summary == (
+        "promote: entity F1 0.4600 vs champion 0.4500 (+0.0100), all 5 checks passed"
+    )
+    assert up.metrics["entity_f1"] == {"challenger": 0.46, "champion": 0.45}
+    assert up.metrics["exact_match"] == {"challenger": 0.5, "champion": 0.5}
+    # Entity F1 down, macro-F1 up: refused, and said so in entity terms.
+    down = decide(entity_report(0.44, 0.5, 0.40), entity_report(0.45, 0.5, 0.34), token_rules())
+    assert failed(down) == ["min_entity_f1_gain"]
+    assert down.reasons == ["entity F1 gain -0.0100 below the required +0.0000 (0.4500 → 0.4400)"]
+    assert not any(w in words_of(down) for w in CLASSIFICATION_WORDS), words_of(down)
+
+
+def test_ner_recall_rule_is_per_entity_type():
+    d = decide(
+        entity_report(0.45, 0.5, 0.34, {"person": 0.2, "location": 0.6}),
+        entity_report(0.45, 0.5, 0.34, {"person": 0.5, "location": 0.5}),
+        token_rules(),
+    )
+    assert failed(d) == ["max_type_recall_drop"]
+    assert d.reasons == [
+        "recall of entity type person fell 0.300 (0.500 → 0.200), more than 0.100 allowed"
+    ]
+    ok = decide(entity_report(0.45, 0.5, 0.34), entity_report(0.45, 0.5, 0.34), token_rules())
+    assert "no entity type recall fell (2 entity types compared)" in words_of(ok)
+
+
+def test_ner_mcnemar_counts_texts_exactly_right():
+    champ, chall = pairs(30, 5)
+    d = decide(
+        entity_report(0.50, 0.6, 0.34),
+        entity_report(0.45, 0.5, 0.34),
+        token_rules(significance="mcnemar"),
+        challenger_correct=chall,
+        champion_correct=champ,
+    )
+    assert d.promote, d.reasons
+    assert (
+        "challenger alone exactly right on 30 texts, champion alone on 5" in d.checks[-1]["detail"]
+    )
+    json.dumps(d.to_dict())  # ledger-ready, metrics included
+
+
+def test_the_sequence_gate_names_its_metrics_too():
+    d = decide(report(0.90, 0.88), report(0.89, 0.87), rules())
+    assert d.metrics == {
+        "accuracy": {"challenger": 0.90, "champion": 0.89},
+        "macro_f1": {"challenger": 0.88, "champion": 0.87},
+    }

@@ -17,6 +17,8 @@ from slmops.tasks.registry.promotion import (
     alias_version,
     apply,
     client,
+    gate,
+    promote,
     rollback,
     versions_table,
 )
@@ -139,3 +141,26 @@ def test_rollback_without_previous_is_a_clear_error(params, tmp_path):
     apply(params, add_version(params, correctness(300, 30), tmp_path))
     with pytest.raises(PromotionError, match="nothing to roll back to"):
         rollback(params)
+
+
+def test_the_gate_only_judges_and_tags_then_promote_moves_the_aliases(params, tmp_path):
+    v1 = add_version(params, correctness(300, 30), tmp_path)
+    apply(params, v1)
+    v2 = add_version(params, correctness(300, 30, seed=2), tmp_path)
+    mc = client(params)
+    name = params.registry.model_name
+    path = params.path(params.registry.ledger)
+
+    verdict = gate(params, v2, force=True, who="tester")
+    assert verdict.version == v2 and verdict.champion_before == v1 and verdict.promoted
+    assert verdict.metrics["champion"]["accuracy"] == pytest.approx(0.9)
+    assert mc.get_model_version(name, v2).tags["gate.decision"] in ("promoted", "forced")
+    assert alias_version(mc, name, CHAMPION) == v1  # nothing moved yet
+    assert len(ledger.read(path)) == 1
+
+    formats = {"chosen": "onnx", "error": None}
+    assert promote(params, verdict, action="manual", who="tester", formats=formats)
+    assert (alias_version(mc, name, CHAMPION), alias_version(mc, name, PREVIOUS)) == (v2, v1)
+    entry = ledger.read(path)[-1]
+    assert entry["action"] == "force-promote" and entry["actor"] == "tester"
+    assert entry["formats"] == formats and entry["champion_before"] == v1
