@@ -1,11 +1,12 @@
 """Prefect flow ``monitor``: the champion's live predictions against its test-set predictions.
 
-One step, ``monitor`` (``tasks/monitoring/report.py``): read the live window from the
-feedback store and the champion's reference predictions from MLflow, run the
+One step, ``monitor`` (``tasks/monitoring/``): read the live window from the
+feedback store and the champion's reference predictions from the registry, run the
 checks (label shift, label spike, confidence drop, text length, live accuracy),
 write the HTML and JSON report under ``monitoring.report_dir``, and when a
-check fires POST ``drift_detected`` to the ``notify`` webhook and emit the
-Prefect event ``slmops.monitoring.alert`` (what an automation reacts to).
+check fires POST ``drift_detected`` to the ``notify`` webhook. The flow then
+emits the Prefect event ``slmops.monitoring.alert`` (what an automation reacts
+to) from the report the step returns: ``tasks/`` never talks to Prefect.
 A run with too few live predictions completes and says so; no champion or no
 reference fails the run naming the step (``flows/steps.py``).
 
@@ -15,21 +16,58 @@ Scheduled by the deployment ``monitor/scheduled`` (``flows/deployments.py``,
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.config import Params
-from slmops.tasks.monitoring.report import MonitoringReport, run_monitoring
+from slmops.tasks.monitoring.report import MonitoringReport, alert_payload, save_json
+from slmops.tasks.monitoring.run import run_monitoring
+from slmops.tasks.task_types import task_type
+
+log = logging.getLogger(__name__)
+
+EVENT_NAME = "slmops.monitoring.alert"
+# emit(event name, resource, payload) -> event id or None (tests pass a recorder).
+Emitter = Callable[[str, dict[str, str], dict[str, Any]], str | None]
+
+
+def emit_prefect_event(event: str, resource: dict[str, str], payload: dict[str, Any]) -> str | None:
+    """Emit a Prefect event (what a Prefect automation reacts to); its id, or None when
+    Prefect emits nothing here. Never raises: the webhook and the report still stand."""
+    try:
+        emitted = emit_event(event=event, resource=resource, payload=payload)
+    except Exception as exc:
+        log.warning("Prefect event %s not emitted: %s", event, type(exc).__name__)
+        return None
+    return str(emitted.id) if emitted is not None else None
+
+
+def announce(
+    report: MonitoringReport, *, alert: bool = True, emit: Emitter = emit_prefect_event
+) -> str | None:
+    """Emit :data:`EVENT_NAME` when a check fired and ``alert``, carrying what the webhook
+    carried; its id goes into the report and its ``latest.json``. None when not emitted."""
+    if not (alert and report.fired):
+        return None
+    resource = {
+        "prefect.resource.id": f"slmops.model.{report.model_name}",
+        "prefect.resource.name": report.model_name,
+        "slmops.model.version": str(report.model_version),
+    }
+    report.event_id = emit(EVENT_NAME, resource, alert_payload(report))
+    save_json(report)
+    return report.event_id
 
 
 @step(name="monitor")
 def monitor_task(params: Params, alert: bool) -> MonitoringReport:
-    """Run the checks and write the report; alert when one fires."""
-    from slmops.tasks.task_types import task_type
-
+    """Run the checks and write the report; POST the webhook when one fires."""
     # What a label cell counts as depends on the task type (a class, or entity spans):
     # its own function, chosen here since a flow parameter cannot carry a function.
     return run_monitoring(params, labels_of=task_type(params).observed, alert=alert)
@@ -85,6 +123,7 @@ def monitor(
     overrides = {"monitoring": {"window_hours": window_hours}} if window_hours is not None else {}
     params = load_params_step(params_path, profile, overrides)
     report = monitor_task(params, alert=alert)
+    announce(report, alert=alert)
     for check in report.fired:
         logger.warning("%s fired: %s", check.title, check.explanation)
     logger.info("%s; report: %s", report.message, report.html_path)

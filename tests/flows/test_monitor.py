@@ -1,5 +1,6 @@
 """The ``monitor`` flow and ``slmops monitor`` against a temp project: a champion in MLflow
-with its evaluation's predictions, live predictions in the feedback store."""
+with its evaluation's predictions, live predictions in the feedback store; the Prefect
+event the flow emits from the report when a check fires."""
 
 from __future__ import annotations
 
@@ -10,51 +11,31 @@ import numpy as np
 import pytest
 import yaml
 
-from slmops.flows.monitor import monitor
+from slmops.flows.monitor import EVENT_NAME, announce, monitor
 from slmops.tasks.core.config import load_params
-from slmops.tasks.monitoring.report import MonitoringError, run_monitoring
+from slmops.tasks.monitoring.run import run_monitoring
+from slmops.tasks.monitoring.sources import MonitoringError
 from tests.slmops.run_cli import cli
-from tests.tasks.monitoring.test_report import (
+from tests.tasks.monitoring import streams
+from tests.tasks.monitoring.streams import (
     LIVE_ROWS,
+    NAME,
     VERSION,
+    champion_registry,
+    give_feedback,
     log_stream,
+    make_params,
     reference_frame,
+    shifted_stream,
     stream,
 )
 from tests.webhook import Webhook
 
-NAME = "slmops-intent"
-
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory) -> str:
-    """An MLflow store (built once: it takes seconds) whose model has version 1 as champion,
-    its run holding ``eval/predictions.csv`` as registration logs it (no weights needed)."""
-    import mlflow
-
-    from slmops.tasks.core.config import parse_params
-    from slmops.tasks.registry.promotion import CHAMPION, client
-
-    root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        params = parse_params({"registry": {"tracking_uri": uri}}, root / "params.yaml", root=root)
-        ref = reference_frame().rename(columns={"cell": "pred"})
-        ref.insert(1, "label", ref["pred"])
-        (root / "eval").mkdir()
-        ref.assign(correct=True).to_csv(root / "eval" / "predictions.csv", index=False)
-        mc = client(params)  # configures MLflow on this store
-        with mlflow.start_run() as run:
-            mlflow.log_artifacts(str(root / "eval"), artifact_path="eval")
-        mc.create_registered_model(NAME)
-        source = f"{run.info.artifact_uri}/eval"
-        mv = mc.create_model_version(NAME, source=source, run_id=run.info.run_id)
-        mc.set_registered_model_alias(NAME, CHAMPION, mv.version)
-        with mlflow.start_run() as bare:  # version 2: a run without evaluation files
-            pass
-        mc.create_model_version(NAME, source=bare.info.artifact_uri, run_id=bare.info.run_id)
-    return uri
+    """An MLflow store (built once: it takes seconds) whose model has version 1 as champion."""
+    return champion_registry(tmp_path_factory.mktemp("registry"))
 
 
 def write_project(root: Path, uri: str, model_name: str = NAME) -> Path:
@@ -141,3 +122,56 @@ def test_a_version_without_evaluation_files_falls_back_with_a_note(champion_proj
     assert report.reference_source == str(local) and report.reference_rows == 3000
     assert "may be another version's" in report.reference_note
     assert "may be another version&#x27;s" in report.html_path.read_text()
+
+
+class Recorder:
+    """Stands in for the Prefect event emitter."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict, dict]] = []
+
+    def __call__(self, event: str, resource: dict, payload: dict) -> str:
+        self.events.append((event, resource, payload))
+        return "event-1"
+
+
+def test_the_event_carries_the_webhook_payload_and_is_recorded(tmp_path, monkeypatch):
+    params = make_params(tmp_path)
+    live = shifted_stream()
+    ids = log_stream(params, live)
+    give_feedback(params, ids, list(live["cell"]), confirmed=20, total=40)
+    with Webhook() as hook:
+        monkeypatch.setenv("SLMOPS_NOTIFY_URL", hook.url)
+        report = streams.monitor(params, reference_frame())
+    emit = Recorder()
+    assert announce(report, emit=emit) == "event-1" == report.event_id
+
+    # One Prefect event, carrying what the one webhook POST carried.
+    ((event, resource, payload),) = emit.events
+    assert event == EVENT_NAME == "slmops.monitoring.alert"
+    assert resource["prefect.resource.id"] == f"slmops.model.{NAME}"
+    assert resource["slmops.model.version"] == VERSION
+    (post,) = hook.posts
+    assert payload["fired"] == post["json"]["fired"] and payload["report"] == str(report.html_path)
+    latest = json.loads(report.json_path.read_text())
+    assert latest["webhook_sent"] is True and latest["event_id"] == "event-1"
+
+
+def test_no_event_when_nothing_fired_too_few_predictions_or_alert_off(tmp_path):
+    emit = Recorder()
+    calm_project = make_params(tmp_path / "calm")
+    log_stream(calm_project, stream(np.random.default_rng(3), LIVE_ROWS))
+    calm = streams.monitor(calm_project, reference_frame())
+    assert calm.status == "ok" and announce(calm, emit=emit) is None
+
+    few_project = make_params(tmp_path / "few")  # min_predictions: 200
+    log_stream(few_project, stream(np.random.default_rng(6), 50, spike_share=0.9))
+    few = streams.monitor(few_project, reference_frame())
+    assert few.status == "insufficient" and announce(few, emit=emit) is None
+
+    shifted_project = make_params(tmp_path / "shifted")
+    log_stream(shifted_project, shifted_stream())
+    quiet = streams.monitor(shifted_project, reference_frame(), alert=False)
+    assert quiet.fired and announce(quiet, alert=False, emit=emit) is None
+    assert emit.events == [] and quiet.event_id is None
+    assert json.loads(quiet.json_path.read_text())["event_id"] is None
