@@ -1,4 +1,4 @@
-"""The prediction and feedback HTTP service (``python -m serving``)."""
+"""The prediction and feedback HTTP service (``python -m slmops.serving``)."""
 
 from slmops.serving.app import create_app, run
 

@@ -1,4 +1,4 @@
-"""``python -m serving [--params params.yaml] [--host H] [--port N]``: start the service."""
+"""``python -m slmops.serving [--params params.yaml] [--host H] [--port N]``: start the service."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from slmops.tasks.core.config import DEFAULT_PARAMS, ConfigError, load_params
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, load the params and serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m slmops.serving", description=__doc__)
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (params.yaml)")
     parser.add_argument("--host", help="bind address (default: serve.host)")
     parser.add_argument("--port", type=int, help="port (default: serve.port)")

@@ -9,6 +9,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
+import uvicorn
+
+from slmops.serving.app import create_app
 from slmops.tasks.core.config import Params
 
 
@@ -27,11 +31,6 @@ def serve_in_thread(params: Params, port: int, ready_timeout: float = 120) -> It
     Raises ``RuntimeError`` when the service exits or is not ready within
     ``ready_timeout`` seconds.
     """
-    import httpx
-    import uvicorn
-
-    from slmops.serving.app import create_app
-
     server = uvicorn.Server(
         uvicorn.Config(create_app(params), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -61,7 +61,7 @@ class BatcherClosed(RuntimeError):
 @dataclass
 class _Job(Generic[R]):
     texts: Sequence[str]
-    future: asyncio.Future[list[R]]
+    future: asyncio.Future[R]
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -205,15 +205,16 @@ class MicroBatcher(Generic[C, R]):
         """Jobs waiting for a batch right now."""
         return len(self._queue) if self._queue is not None else 0
 
-    async def submit(self, texts: Sequence[str]) -> list[R]:
-        """Queue ``texts`` as one job and wait for their results, in order.
+    async def submit(self, texts: Sequence[str]) -> R:
+        """Queue ``texts`` as one job and wait for its result (one ``finish`` item, or
+        ``compute`` item without ``finish``).
 
         Raises :class:`QueueFull` at once when ``queue_size`` jobs are waiting,
         :class:`BatcherClosed` when stopped, else whatever the batch raised.
         """
         if self._queue is None:
             raise BatcherClosed("the batcher is not running")
-        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         job = _Job(list(texts), future)
         if len(self._queue) >= self.queue_size:
             self.stats.rejected += 1

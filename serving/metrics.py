@@ -14,6 +14,9 @@ What is exported (names as Prometheus sees them):
 - ``slmops_model_info{name,version,format}``: 1 for the model version being
   served (the series changes when the champion alias moves and the service swaps).
 
+The request series are recorded by :class:`slmops.serving.middleware.RecordRequests`,
+the prediction series by :mod:`slmops.serving.predictions`.
+
 Each app gets its own :class:`~prometheus_client.CollectorRegistry`: the tests
 build many apps in one process, and the process-wide default registry refuses a
 second metric of the same name. The default registry's process and platform
@@ -23,16 +26,12 @@ collectors are not added either (one scrape target per service, no surprises).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 NAMESPACE = "slmops"
-UNMATCHED = "(unmatched)"  # the endpoint label of a request no route matches
 
 # Latency buckets (seconds): a batch-1 prediction takes a few ms on a CPU, a
 # batch of 64 or a request waiting in a busy queue up to seconds.
@@ -133,57 +132,3 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-def route_template(scope: Scope) -> str:
-    """The route template a request went to (``/predict``), or ``(unmatched)``.
-
-    After routing, Starlette leaves the matched route in ``scope["route"]``. A
-    request answered before routing (413 for an oversized body) has none: the
-    routes are matched here instead.
-    """
-    route = scope.get("route")
-    if route is None:
-        app = scope.get("app")
-        for candidate in getattr(getattr(app, "router", None), "routes", ()):
-            match, _ = candidate.matches(scope)
-            if match is not Match.NONE:
-                route = candidate
-                break
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
-
-
-class RecordRequests:
-    """Time every HTTP request and count it by route template and status (pure ASGI).
-
-    Pure ASGI rather than ``@app.middleware("http")``, like the service's other
-    middleware: Starlette's BaseHTTPMiddleware adds a task group and memory
-    streams to every request. Added last, so it is outermost and also sees the
-    answers of the other middleware (a 413 before the body is read).
-    """
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on; record its status and duration once it is answered."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500  # what the server answers when the app raises before responding
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            self.metrics.observe_request(
-                route_template(scope), scope["method"], status, time.perf_counter() - start
-            )

@@ -49,12 +49,11 @@ from slmops.tasks.model.export import (
     ModelFilesError,
     arrange_model_folder,
     model_folder,
-    version_download_uri,
 )
 from slmops.tasks.model.inference import ONNX_FORMATS, BasePredictor, load_predictor
 from slmops.tasks.registry.promotion import CHAMPION
-from slmops.tasks.registry.tracking import tracking_uri
-from slmops.tasks.task_types import TaskType, task_type
+from slmops.tasks.registry.store import Registry, RegistryError
+from slmops.tasks.task_types import TaskType, task_of_model, task_type
 
 log = logging.getLogger(__name__)
 
@@ -173,32 +172,23 @@ def _clean_stale_temporaries(parent: Path) -> None:
             pass  # another process removed it first
 
 
-def registry_client(params: Params):
-    """An MLflow client on the configured store, without touching MLflow's global state.
+def registry_reader(params: Params) -> Registry:
+    """The configured registry, without touching MLflow's global state.
 
-    The service never calls :func:`slmops.tasks.registry.tracking.configure`: that would set the
-    process-wide tracking URI and create the experiment, neither of which a
+    The service never calls :func:`slmops.tasks.registry.store.configure`: that would set
+    the process-wide tracking URI and create the experiment, neither of which a
     reader should do.
     """
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(params)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return Registry.of(params)
 
 
-def _download_uri(client, ref: ModelRef) -> str:
-    return version_download_uri(client, ref.name, ref.version)
-
-
-def fetch_version(params: Params, ref: ModelRef, client=None) -> Path:
+def fetch_version(params: Params, ref: ModelRef, registry: Registry | None = None) -> Path:
     """Download ``ref`` into the cache unless already there; return its model folder.
 
     A cached folder is reused only if its marker names the same run: a
     registry rebuilt from scratch reuses version numbers for other models.
-    ``client`` is an MLflow client on the registry (default: :func:`registry_client`).
+    ``registry`` defaults to :func:`registry_reader`.
     """
-    import mlflow
-
     final = params.path(params.serve.model_cache_dir) / ref.name / ref.version
     marker = _read_marker(final)
     if marker and marker.get("run_id") == ref.run_id:
@@ -207,18 +197,10 @@ def fetch_version(params: Params, ref: ModelRef, client=None) -> Path:
     _clean_stale_temporaries(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", suffix=".partial", dir=final.parent))
     try:
-        client = client or registry_client(params)
-        # Artifact downloads are a few files; progress bars only clutter the logs.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        registry = registry or registry_reader(params)
         try:
             # The folder comes back under its own name inside `tmp` (".../artifacts").
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=_download_uri(client, ref),
-                    dst_path=str(tmp),
-                    tracking_uri=tracking_uri(params),
-                )
-            )
+            local = registry.download_version(ref.name, ref.version, tmp)
         except Exception as exc:  # MLflow raises many types (store, I/O, HTTP)
             raise ModelSourceError(f"{ref.uri}: download failed: {exc}") from exc
         _arrange(local)
@@ -258,19 +240,10 @@ def fetch_version(params: Params, ref: ModelRef, client=None) -> Path:
 def _download_run_artifact(params: Params, run_id: str, path: str, dest: Path) -> Path:
     """Download ``path`` of run ``run_id`` to ``dest`` atomically (a hidden temporary
     folder beside it, renamed into place); return ``dest``."""
-    import mlflow
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", suffix=".partial", dir=dest.parent))
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=path,
-                dst_path=str(tmp),
-                tracking_uri=tracking_uri(params),
-            )
-        )
+        local = registry_reader(params).download_run_artifacts(run_id, path, tmp)
         os.replace(local, dest)
         return dest
     finally:
@@ -336,7 +309,8 @@ def build_predictor(params: Params, folder: Path, chosen: dict) -> tuple[BasePre
     """
     train = params.train
     fmt, warning = chosen["format"], chosen["warning"]
-    kwargs = {"device": train.device, "precision": train.precision}
+    # The folder's config says what the model was fine-tuned for.
+    kwargs = {"device": train.device, "precision": train.precision, "task": task_of_model(folder)}
     if fmt != FALLBACK_FORMAT:
         try:
             predictor = load_predictor(
@@ -356,42 +330,39 @@ class RegistrySource:
     def __init__(self, params: Params) -> None:
         self.params = params
         self.name = params.registry.model_name
-        self._client = None
+        self._registry: Registry | None = None
 
     @property
-    def client(self):
-        """An MLflow client on the configured store (see :func:`registry_client`)."""
-        if self._client is None:
-            self._client = registry_client(self.params)
-        return self._client
+    def registry(self) -> Registry:
+        """The configured registry (see :func:`registry_reader`)."""
+        if self._registry is None:
+            self._registry = registry_reader(self.params)
+        return self._registry
 
     def champion(self) -> ModelRef:
         """The version ``champion`` points to; :class:`NoChampion` when there is none."""
-        from mlflow.exceptions import MlflowException
-
         try:
-            mv = self.client.get_model_version_by_alias(self.name, CHAMPION)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise NoChampion(
-                    f"{self.name} has no {CHAMPION!r} version yet: register and promote one "
-                    "(`slmops retrain`, or `slmops promote --version N`)"
-                ) from None
-            raise ModelSourceError(f"registry unreachable or failing: {exc.message}") from exc
-        return ModelRef(self.name, str(mv.version), mv.run_id or "")
+            mv = self.registry.version_by_alias(self.name, CHAMPION)
+        except RegistryError as exc:
+            raise ModelSourceError(f"registry unreachable or failing: {exc}") from exc
+        if mv is None:
+            raise NoChampion(
+                f"{self.name} has no {CHAMPION!r} version yet: register and promote one "
+                "(`slmops retrain`, or `slmops promote --version N`)"
+            )
+        return ModelRef(self.name, mv.version, mv.run_id)
 
     def load(self, ref: ModelRef) -> LoadedModel:
         """Download (or reuse) ``ref`` and its served format, build the predictor and run
         one warm-up prediction."""
-        folder = fetch_version(self.params, ref, self.client)
+        folder = fetch_version(self.params, ref, self.registry)
         requested = self.params.serve.format.value
         chosen = fetch_format(self.params, ref, folder, requested)
         try:
             predictor, warning = build_predictor(self.params, folder, chosen)
             # A broken model should fail here, before it replaces a working one,
             # and the first real request should not pay for lazy initialisation.
-            task = task_type(getattr(predictor, "task", TaskName.sequence_classification))
-            (answer,) = task.score(predictor, [WARMUP_TEXT], chunk=1, top_k=1)
+            (answer,) = predictor.task.score(predictor, [WARMUP_TEXT], chunk=1, top_k=1)
         except Exception as exc:  # torch, safetensors and transformers raise many types
             raise ModelSourceError(f"{ref.uri}: cannot load model from {folder}: {exc}") from exc
         if not 0.0 <= answer.confidence <= 1.0:  # NaN fails too

@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from slmops.tasks.core.config import Params, parse_params
+from slmops.tasks.task_types import task_type
 from tests.conftest import TINY_LABELS
 from tests.tasks.tiny_model import make_tiny_model
 
@@ -44,6 +45,7 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
     from slmops.tasks.registry.promotion import CHAMPION, client
     from slmops.tasks.registry.tracking import log_model
 
+    task = task_type("sequence_classification")
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -53,7 +55,7 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
         versions = []
         for _ in range(3):
             with mlflow.start_run():
-                info = log_model(model_dir, input_example=["my card has not arrived"])
+                info = log_model(model_dir, input_example=["my card has not arrived"], task=task)
             versions.append(str(mlflow.register_model(info.model_uri, NAME).version))
         broken = mlflow.get_logged_model(info.model_id).artifact_location
         weights = Path(unquote(urlparse(broken).path)) / "model" / "model.safetensors"

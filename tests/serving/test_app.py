@@ -52,7 +52,7 @@ def test_predict_one_text_and_a_batch(client, registry):
     assert batch[0]["label"] == one["label"]
     assert batch[0]["confidence"] == pytest.approx(one["confidence"], abs=1e-5)
     # Every answer is logged with its id.
-    store = client.app.state.store
+    store = client.app.state.service.store
     logged = store.get_prediction(batch[2]["prediction_id"])
     assert logged.text == TEXTS[2] and logged.label == batch[2]["label"]
     assert store.counts()["predictions"] == 1 + len(TEXTS)
@@ -78,7 +78,7 @@ def test_request_limits_answer_413_and_422_with_the_reason(make_params):
         # A body far beyond any valid request is refused from its declared length.
         r = c.post("/predict", content=b"x" * 2_000_000, headers={"content-type": "text/plain"})
         assert r.status_code == 413
-        assert c.app.state.store.counts()["predictions"] == 0
+        assert c.app.state.service.store.counts()["predictions"] == 0
 
 
 def test_feedback_needs_the_token(client, monkeypatch):
@@ -93,7 +93,7 @@ def test_feedback_needs_the_token(client, monkeypatch):
     monkeypatch.delenv("SLMOPS_API_TOKEN")
     r = client.post("/feedback", json=body, headers=auth())
     assert r.status_code == 503 and "SLMOPS_API_TOKEN" in r.json()["detail"]
-    assert client.app.state.store.counts()["feedback"] == 0
+    assert client.app.state.service.store.counts()["feedback"] == 0
 
 
 def test_token_file_is_read_when_the_variable_is_unset(make_params, monkeypatch, tmp_path):
@@ -126,7 +126,7 @@ def test_feedback_created_repeated_unknown_id_and_unknown_label(client):
     assert r.status_code == 422
     assert "'card_arival'" in r.json()["detail"]
     assert r.json()["valid_labels"] == sorted(TINY_LABELS)
-    assert client.app.state.store.counts()["feedback"] == 2
+    assert client.app.state.service.store.counts()["feedback"] == 2
 
 
 def test_review_lists_unreviewed_predictions_least_confident_first(client):

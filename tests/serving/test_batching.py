@@ -15,6 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from slmops.serving.app import create_app
+from slmops.serving.background import free_port, serve_in_thread
+from slmops.tasks.core.config import ConfigError, parse_params
 from tests.serving.conftest import set_champion, wait_until_loaded
 
 
@@ -39,7 +41,7 @@ class HeldModel:
 
 
 def hold(client: TestClient, monkeypatch) -> HeldModel:
-    predictor = client.app.state.holder.current.predictor
+    predictor = client.app.state.service.holder.current.predictor
     held = HeldModel(predictor.predict_proba)
     monkeypatch.setattr(predictor, "predict_proba", held)
     return held
@@ -82,7 +84,7 @@ def test_concurrent_requests_share_model_calls_and_each_caller_gets_its_own(batc
         held.release.set()
         assert first.result().status_code == 200
         responses = {i: f.result() for i, f in futures.items()}
-    store = batched.app.state.store
+    store = batched.app.state.service.store
     ids = set()
     for i, r in responses.items():
         assert r.status_code == 200, r.text
@@ -138,7 +140,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_queued_requests_still_suc
         held.release.set()
         assert [f.result().status_code for f in (running, *queued)] == [200, 200, 200]
         assert stats(c)["rejected"] == 1
-        assert c.app.state.store.counts()["predictions"] == 3
+        assert c.app.state.service.store.counts()["predictions"] == 3
 
 
 def test_a_failing_batch_is_500_for_its_requests_only_and_the_next_request_succeeds(
@@ -168,7 +170,7 @@ def test_a_failing_batch_is_500_for_its_requests_only_and_the_next_request_succe
     assert r.status_code == 200, r.text
     s = stats(batched)
     assert s["failed_batches"] == 1 and s["batches"] == 3
-    assert batched.app.state.store.counts()["predictions"] == 2  # failures log nothing
+    assert batched.app.state.service.store.counts()["predictions"] == 2  # failures log nothing
 
 
 def test_a_request_larger_than_max_batch_is_served_alone(make_params):
@@ -185,7 +187,7 @@ def test_batching_off_answers_as_before_and_reports_disabled(make_params, monkey
     params = make_params(batching={"enabled": False})
     with TestClient(create_app(params)) as c:
         wait_until_loaded(c)
-        assert c.app.state.batcher is None
+        assert c.app.state.service.batcher is None
         with ThreadPoolExecutor(4) as pool:
             answers = list(
                 pool.map(lambda i: c.post("/predict", json={"texts": texts_of(i)}), range(8))
@@ -203,7 +205,7 @@ def test_batching_off_answers_as_before_and_reports_disabled(make_params, monkey
 
 
 def test_invalid_requests_do_not_leave_the_batcher_waiting(batched):
-    batcher = batched.app.state.batcher
+    batcher = batched.app.state.service.batcher
     assert batched.post("/predict", json={"text": "  "}).status_code == 422
     assert batched.post("/predict", json={}).status_code == 422
     assert batched.post("/predict", json={"text": "fine"}).status_code == 200
@@ -214,8 +216,6 @@ def test_invalid_requests_do_not_leave_the_batcher_waiting(batched):
 def test_alias_move_under_batched_load_loses_nothing_and_answers_switch(make_params, registry):
     """Real HTTP (uvicorn) with 8 concurrent clients: batches form, none fails, and every
     answer reports the version that computed it (one version per request)."""
-    from slmops.serving.background import free_port, serve_in_thread
-
     params = make_params(poll_seconds=0.2, batching={"max_wait_ms": 5})
     answers: list[tuple[float, int, set[str]]] = []
     stop = threading.Event()
@@ -255,8 +255,6 @@ def test_alias_move_under_batched_load_loses_nothing_and_answers_switch(make_par
 
 
 def test_batching_settings_are_checked(tmp_path):
-    from slmops.tasks.core.config import ConfigError, parse_params
-
     defaults = parse_params({}, tmp_path / "params.yaml").serve.batching
     assert defaults.enabled and defaults.max_batch >= 1 and defaults.queue_size >= 1
     with pytest.raises(ConfigError, match=r"serve\.batching\.max_wait: unknown key"):

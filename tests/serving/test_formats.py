@@ -30,9 +30,10 @@ def exported(registry, tmp_path_factory) -> str:
     """A new version of the tiny model with its formats exported, as promotion does."""
     import mlflow
 
-    from slmops.tasks.model.export import export_version
+    from slmops.tasks.pipeline.promote import export_version
     from slmops.tasks.registry.promotion import client
     from slmops.tasks.registry.tracking import log_model
+    from slmops.tasks.task_types import task_type
 
     root = tmp_path_factory.mktemp("export-project")
     _, val = tiny_frames()
@@ -45,12 +46,13 @@ def exported(registry, tmp_path_factory) -> str:
             "export": {"measure": False},
         }
         params = parse_params(raw, root / "params.yaml", root=root)
-        mc = client(params)
+        client(params)  # configures MLflow on this store
         model_dir = make_tiny_model(root / "tiny", labels=TINY_LABELS)
+        task = task_type(params)
         with mlflow.start_run():
-            info = log_model(model_dir, input_example=["my card has not arrived"])
+            info = log_model(model_dir, input_example=["my card has not arrived"], task=task)
         version = str(mlflow.register_model(info.model_uri, registry.name).version)
-        export_version(params, mc, version)
+        export_version(params, version, task)
     return version
 
 
@@ -115,7 +117,7 @@ def test_a_missing_format_falls_back_to_torch_with_a_warning(
     params = make_params()
     source = RegistrySource(params)
     ref = _ref(source, registry, exported)
-    folder = fetch_version(params, ref, source.client)
+    folder = fetch_version(params, ref, source.registry)
     assert fetch_format(params, ref, folder, "onnx-int8")["format"] == "onnx-int8"
     assert fetch_format(params, ref, folder, "torch-bf16")["format"] == "torch-bf16"
     # The registry is unreachable now: the cached manifest is used, and it lacks onnx.
@@ -153,5 +155,5 @@ def test_an_unloadable_onnx_file_falls_back_to_torch(make_params, registry, expo
 
 
 def _ref(source: RegistrySource, registry, version: str) -> ModelRef:
-    mv = source.client.get_model_version(registry.name, version)
+    mv = source.registry.version(registry.name, version)
     return ModelRef(registry.name, version, mv.run_id)

@@ -1,6 +1,6 @@
 """The service and the feedback store under concurrent load on 127.0.0.1 (issue 6, item 3).
 
-The real service (``python -m serving``, uvicorn, micro-batching on as configured by
+The real service (``python -m slmops.serving``, uvicorn, micro-batching on as configured by
 default, the session's tiny model) in its own process; 32 client threads x 500 requests
 (``SLMOPS_LOAD_CLIENTS``, ``SLMOPS_LOAD_REQUESTS``), each over one keep-alive
 ``http.client`` connection, mixing ``/predict`` (one text, sometimes several) and
@@ -48,8 +48,11 @@ from slmops.tasks.feedback.store import (
     feedback_table,
     predictions_table,
 )
+from slmops.tasks.task_types import task_type
 from tests.conftest import TINY_LABELS
 from tests.serving.conftest import TOKEN, set_champion
+
+SEQUENCE = task_type("sequence_classification")
 
 CLIENTS = int(os.environ.get("SLMOPS_LOAD_CLIENTS", "32"))
 REQUESTS = int(os.environ.get("SLMOPS_LOAD_REQUESTS", "500"))
@@ -241,7 +244,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def start_service(params_file: Path, port: int, log_file: Path) -> subprocess.Popen:
-    """``python -m serving`` on 127.0.0.1:``port``; returns once a model is served."""
+    """``python -m slmops.serving`` on 127.0.0.1:``port``; returns once a model is served."""
     env = {**os.environ, "SLMOPS_API_TOKEN": TOKEN}
     env.pop("MLFLOW_TRACKING_URI", None)
     with log_file.open("wb") as log:
@@ -464,10 +467,14 @@ def test_store_with_32_writer_threads_and_an_ingesting_reader(tmp_path):
                 rows = [NewPrediction(x, labels[0], 0.5, [], "m", "1") for x in texts]
                 ids = store.log_predictions(rows)
                 logged[t].extend(zip(ids, texts, strict=True))
-                own = store.add_feedback(ids[0], rng.choice(labels), labels, f"thread-{t}")
+                own = store.add_feedback(
+                    ids[0], rng.choice(labels), labels, f"thread-{t}", task=SEQUENCE
+                )
                 created[t].append((own[0].id, ids[0], own[0].label, own[1]))
                 barrier.wait(60)  # every thread sends the same feedback at once
-                row, new = store.add_feedback(shared_ids[r], labels[1], labels, f"thread-{t}")
+                row, new = store.add_feedback(
+                    shared_ids[r], labels[1], labels, f"thread-{t}", task=SEQUENCE
+                )
                 created[t].append((row.id, shared_ids[r], labels[1], new))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)

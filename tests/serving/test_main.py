@@ -1,8 +1,15 @@
-"""``python -m serving``: argument and configuration errors end with a message, not a trace."""
+"""``python -m slmops.serving``: argument and configuration errors end with a message."""
 
 from __future__ import annotations
 
+import logging
+
+import uvicorn
+
+import slmops.serving.app as app
 from slmops.serving.__main__ import main
+from slmops.tasks.core.config import load_params
+from tests.conftest import REPO
 
 
 def test_missing_params_file_exits_2_with_the_path(tmp_path, capsys):
@@ -21,14 +28,6 @@ def test_invalid_serve_setting_is_named(tmp_path, capsys):
 def test_the_service_binds_loopback_by_default_and_never_logs_the_token(
     tmp_path, monkeypatch, caplog
 ):
-    import logging
-
-    import uvicorn
-
-    import slmops.serving.app as app
-    from slmops.tasks.core.config import load_params
-    from tests.conftest import REPO
-
     secret = "sentinel-token-5f1c"
     monkeypatch.setenv("SLMOPS_API_TOKEN", secret)
     seen: dict = {}

@@ -13,7 +13,6 @@ import pytest
 from slmops.serving.app import ModelHolder
 from slmops.serving.model_source import (
     MARKER,
-    LoadedModel,
     ModelRef,
     ModelSourceError,
     NoChampion,
@@ -79,7 +78,7 @@ def test_a_cached_folder_from_another_run_is_replaced(params, registry):
 
 def test_broken_weights_and_missing_champion_are_clear_errors(params, registry, monkeypatch):
     source = RegistrySource(params)
-    run_id = source.client.get_model_version(registry.name, registry.broken).run_id
+    run_id = source.registry.version(registry.name, registry.broken).run_id
     ref = ModelRef(registry.name, registry.broken, run_id)
     with pytest.raises(ModelSourceError, match=f"{ref.uri}: cannot load model"):
         source.load(ref)
@@ -95,58 +94,11 @@ def test_broken_weights_and_missing_champion_are_clear_errors(params, registry, 
     assert not isinstance(info.value, NoChampion)
 
 
-def test_holder_loads_swaps_and_stops_polling_cleanly(params, registry):
-    holder = ModelHolder(RegistrySource(params), registry.name)
-    assert holder.status == "loading" and holder.current is None
-    stop = threading.Event()
-    poller = threading.Thread(target=holder.poll, args=(stop, 0.05))
-    poller.start()
-    try:
-        deadline = time.monotonic() + 30
-        while holder.current is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        first = holder.current
-        assert first.version == "1" and holder.status == "ok"
-        set_champion(params, registry.good[1])
-        while holder.current is first and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert holder.current.version == "2"
-        # The old model object still works for whoever holds it.
-        assert first.predictor.predict(["hello"])[0] in TINY_LABELS
-    finally:
-        stop.set()
-        poller.join(timeout=10)
-    assert not poller.is_alive()
-
-
-class CountingSource(RegistrySource):
-    """The registry source, counting load attempts."""
-
-    loads = 0
-
-    def load(self, ref: ModelRef) -> LoadedModel:
-        self.loads += 1
-        return super().load(ref)
-
-
-def test_a_failed_version_is_not_reloaded_on_every_poll(params, registry):
-    source = CountingSource(params)
-    holder = ModelHolder(source, registry.name)
-    holder.check()
-    set_champion(params, registry.broken)
-    first = holder.check()
-    assert first.error and holder.status == "degraded" and holder.current.version == "1"
-    assert source.loads == 2
-    again = holder.check()  # within the retry interval: no second attempt
-    assert again.error == first.error and source.loads == 2
-    assert holder.check(force=True).error and source.loads == 3  # /admin/reload retries
-
-
 def test_with_polling_off_a_failed_first_load_is_retried_until_served(params, registry):
     from slmops.tasks.registry.promotion import CHAMPION
 
     source = RegistrySource(params)
-    source.client.delete_registered_model_alias(registry.name, CHAMPION)
+    source.registry.delete_alias(registry.name, CHAMPION)
     holder = ModelHolder(source, registry.name)
     stop = threading.Event()
     poller = threading.Thread(target=holder.poll, args=(stop, 0))

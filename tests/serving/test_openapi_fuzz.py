@@ -103,7 +103,7 @@ def test_fuzzed_feedback_on_a_real_prediction_is_stored_or_refused_cleanly(clien
     labels = client.get("/model").json()["labels"]
     pid = client.post("/predict", json={"text": "my card has not arrived"}).json()
     pid = pid["predictions"][0]["prediction_id"]
-    store = client.app.state.store
+    store = client.app.state.service.store
     codes: Counter = Counter()
 
     @settings(max_examples=50, deadline=None, database=None)

@@ -1,0 +1,94 @@
+"""What the endpoints share: one :class:`Service` per app, kept on ``app.state.service``.
+
+:func:`build_service` makes the parts from the params; the routers reach them
+through the :data:`ServiceDep` dependency instead of closures over
+``create_app``'s locals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, HTTPException, Request
+
+from slmops.serving.batcher import MicroBatcher
+from slmops.serving.holder import ModelHolder, NoModel, Poller
+from slmops.serving.metrics import ServiceMetrics
+from slmops.serving.model_source import LoadedModel, ModelSource, RegistrySource
+from slmops.serving.predictions import Predictions, ScoredRequest
+from slmops.serving.schemas import PredictResponse
+from slmops.tasks.core.config import Params, ServeConfig
+from slmops.tasks.feedback.store import FeedbackStore
+
+
+@dataclass(frozen=True)
+class Service:
+    """The parts of one running service."""
+
+    params: Params
+    holder: ModelHolder
+    store: FeedbackStore
+    # Prometheus metrics on a registry of this app's own (GET /metrics).
+    metrics: ServiceMetrics
+    predictions: Predictions
+    # None with serve.batching off: each request calls the model itself.
+    batcher: MicroBatcher[ScoredRequest, PredictResponse] | None
+    # One inference at a time: torch already spreads one batch over every core,
+    # and a Hugging Face fast tokenizer must not be called from two threads at
+    # once ("Already borrowed").
+    inference_limiter: anyio.CapacityLimiter
+
+    @property
+    def serve(self) -> ServeConfig:
+        """The ``serve`` section of the params."""
+        return self.params.serve
+
+    def served(self) -> LoadedModel:
+        """The model to answer with; 503 while none is loaded."""
+        try:
+            return self.holder.serving()
+        except NoModel as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The app's lifespan: poll the champion alias and run the batcher until
+        shutdown, then close the store."""
+        poller = Poller(self.holder, self.serve.poll_seconds)
+        poller.start()
+        if self.batcher is not None:
+            self.batcher.start()
+        try:
+            yield
+        finally:
+            if self.batcher is not None:
+                await self.batcher.stop()
+            await poller.stop()
+            self.store.close()
+
+
+def build_service(params: Params, model_loader: ModelSource | None = None) -> Service:
+    """The parts of a service for ``params``; ``model_loader`` replaces the registry."""
+    serve = params.serve
+    holder = ModelHolder(model_loader or RegistrySource(params), params.registry.model_name)
+    store = FeedbackStore.from_params(params)
+    metrics = ServiceMetrics()
+    holder.on_load = lambda m: metrics.set_model(m.name, m.version, m.format)
+    predictions = Predictions(
+        holder, store, metrics, chunk=serve.batching.chunk_size, top_k=serve.top_k
+    )
+    batcher = predictions.batcher(serve.batching) if serve.batching.enabled else None
+    return Service(params, holder, store, metrics, predictions, batcher, anyio.CapacityLimiter(1))
+
+
+# async although it never awaits: FastAPI runs a plain `def` dependency on a
+# worker thread, one thread hop per request for nothing.
+async def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]

@@ -1,0 +1,138 @@
+"""A prediction's two stages: the model's answers, then logging them to the feedback store.
+
+Both stages take a list of requests (each a list of texts), so that one
+``/predict`` and a micro-batch of them (``serve.batching``,
+:mod:`slmops.serving.batcher`) run the same code: concurrent requests share
+one model call and one feedback-store transaction. A batch reads the served
+model once, so it runs entirely on one version, and every prediction reports
+the version that computed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from slmops.serving.batcher import MicroBatcher
+from slmops.serving.holder import ModelHolder
+from slmops.serving.metrics import ServiceMetrics
+from slmops.serving.schemas import Entity, LabelScore, Prediction, PredictResponse
+from slmops.tasks.core.config import BatchingConfig
+from slmops.tasks.core.task_type import Scored, TaskType
+from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(RuntimeError):
+    """The feedback store refused a batch of predictions (answered 503)."""
+
+
+@dataclass(frozen=True)
+class ScoredRequest:
+    """One request's predictions before they are logged (the model's part of a batch)."""
+
+    rows: list[NewPrediction]
+    answers: list[Scored]
+    task: TaskType
+
+
+def _prediction(prediction_id: str, row: NewPrediction, answer: Scored) -> Prediction:
+    # The answer carries what its task type has: runner-up labels, or entities.
+    return Prediction(
+        prediction_id=prediction_id,
+        label=row.label,
+        confidence=row.confidence,
+        top_k=[LabelScore(**x) for x in answer.top_k],
+        entities=None if answer.entities is None else [Entity(**x) for x in answer.entities],
+        model_name=row.model_name,
+        model_version=row.model_version,
+    )
+
+
+class Predictions:
+    """Answers requests with the served model and logs every answer.
+
+    :meth:`compute` runs the model (on the inference thread), :meth:`finish`
+    writes the store (on another thread, when batching overlaps the two).
+    """
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        store: FeedbackStore,
+        metrics: ServiceMetrics,
+        *,
+        chunk: int,
+        top_k: int,
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.metrics = metrics
+        self.chunk = chunk
+        self.top_k = top_k
+
+    def compute(self, requests: list[list[str]]) -> list[ScoredRequest]:
+        """The model's part, for one request or a batch of them (runs in a thread).
+
+        :class:`~slmops.serving.holder.NoModel` while no model is loaded.
+        """
+        # Read the reference once: the whole batch runs on one version, and a swap
+        # during it does not affect it.
+        loaded = self.holder.serving()
+        task = loaded.task
+        flat = [text for texts in requests for text in texts]
+        answers = task.score(loaded.predictor, flat, chunk=self.chunk, top_k=self.top_k)
+        rows = [
+            NewPrediction(
+                text=text,
+                label=a.label,
+                confidence=a.confidence,
+                # A token classifier's entities are its answer's details, kept where
+                # a text classifier keeps its runner-up labels.
+                top_k=a.top_k if a.entities is None else a.entities,
+                model_name=loaded.name,
+                model_version=loaded.version,
+            )
+            for text, a in zip(flat, answers, strict=True)
+        ]
+        out, start = [], 0
+        for texts in requests:
+            end = start + len(texts)
+            out.append(ScoredRequest(rows[start:end], answers[start:end], task))
+            start = end
+        return out
+
+    def finish(self, scored: list[ScoredRequest]) -> list[PredictResponse]:
+        """Log every prediction of the batch in one transaction; the answers per request."""
+        rows = [row for s in scored for row in s.rows]
+        try:
+            ids = self.store.log_predictions(rows)
+        except Exception as exc:
+            # An answer whose id was not stored could never receive feedback.
+            log.exception("feedback store write failed")
+            raise StoreUnavailable(f"feedback store unavailable: {type(exc).__name__}") from exc
+        responses, start = [], 0
+        for s in scored:
+            self.metrics.observe_predictions(
+                [c for r in s.rows for c in s.task.observed(r.label)],
+                [r.confidence for r in s.rows],
+            )
+            end = start + len(s.rows)
+            predictions = [
+                _prediction(pid, row, a)
+                for pid, row, a in zip(ids[start:end], s.rows, s.answers, strict=True)
+            ]
+            responses.append(PredictResponse(predictions=predictions))
+            start = end
+        return responses
+
+    def batcher(self, batching: BatchingConfig) -> MicroBatcher[ScoredRequest, PredictResponse]:
+        """A micro-batcher running these two stages with ``serve.batching``'s sizes."""
+        return MicroBatcher(
+            self.compute,
+            self.finish,
+            max_batch=batching.max_batch,
+            max_wait_ms=batching.max_wait_ms,
+            queue_size=batching.queue_size,
+        )
