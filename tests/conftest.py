@@ -201,7 +201,7 @@ def ner_project(tmp_path, monkeypatch, git_identity):
         },
         "evaluate": {"latency_samples": 3},
         "registry": {"model_name": "slmops-ner-test"},
-        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "significance": "none"},
+        "gate": {"min_entity_f1": 0.0, "min_exact_match": 0.0, "significance": "none"},
         "export": {"measure": False},
         "serve": {"poll_seconds": 0},
         "feedback": {"git_commit": True},

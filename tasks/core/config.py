@@ -2,7 +2,9 @@
 
 The CLI, the dvc stages and the Prefect flows all call :func:`load_params`, so a
 typo in a key is an error everywhere, with the file and the key named, instead
-of a silently ignored setting.
+of a silently ignored setting. ``task`` selects which keys the task-dependent
+sections take (:class:`Params`, :class:`TokenParams`): a key that only applies to
+another task is refused with that task named.
 """
 
 from __future__ import annotations
@@ -114,9 +116,6 @@ class SeverityConfig(_Strict):
     near_duplicate: Severity = Severity.warn
     leakage: Severity = Severity.error
     min_examples_per_class: Severity = Severity.error
-    # token_classification only
-    spans_valid: Severity = Severity.error
-    token_length: Severity = Severity.error
 
     @field_validator("*", mode="before")
     @classmethod
@@ -129,14 +128,19 @@ class SeverityConfig(_Strict):
         return getattr(self, "schema_" if check == "schema" else check)
 
 
+class TokenSeverityConfig(SeverityConfig):
+    """Severities of a token_classification project: also its span and length checks."""
+
+    spans_valid: Severity = Severity.error
+    token_length: Severity = Severity.error
+
+
 class ValidationConfig(_Strict):
     """Bounds and severities of the data validation gate."""
 
     text_min_chars: Annotated[int, Field(ge=1)] = 2
     text_max_chars: Annotated[int, Field(ge=1)] = 1000
     min_examples_per_class: Annotated[int, Field(ge=0)] = 10
-    token_min_words: Annotated[int, Field(ge=1)] = 1  # token_classification: words per text
-    token_max_words: Annotated[int, Field(ge=1)] = 200
     sample_rows: Annotated[int, Field(ge=0, le=1000)] = 5
     report_dir: str = "reports/validation"
     severity: SeverityConfig = SeverityConfig()
@@ -147,6 +151,24 @@ class ValidationConfig(_Strict):
             raise ValueError(
                 f"text_min_chars ({self.text_min_chars}) is greater than "
                 f"text_max_chars ({self.text_max_chars})"
+            )
+        return self
+
+
+class TokenValidationConfig(ValidationConfig):
+    """The validation gate of a token_classification project: also bounds on the words
+    per text (the words the model tags, :func:`slmops.tasks.task_types.token.spans.words`)."""
+
+    token_min_words: Annotated[int, Field(ge=1)] = 1
+    token_max_words: Annotated[int, Field(ge=1)] = 200
+    severity: TokenSeverityConfig = TokenSeverityConfig()
+
+    @model_validator(mode="after")
+    def _word_bounds_ordered(self) -> TokenValidationConfig:
+        if self.token_min_words > self.token_max_words:
+            raise ValueError(
+                f"token_min_words ({self.token_min_words}) is greater than "
+                f"token_max_words ({self.token_max_words})"
             )
         return self
 
@@ -225,7 +247,9 @@ class TrainConfig(_Strict):
         "examples by length, cut them into batches, shuffle the batch order.",
     )
     early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
-        default=1, description="Epochs without validation macro-F1 gain before stopping (0: never)."
+        default=1,
+        description="Epochs without gain in the validation score that picks the best epoch "
+        "(macro-F1; entity F1 for token_classification) before stopping (0: never).",
     )
     data_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=1.0, description="Stratified share of the training split to use (quick runs)."
@@ -238,6 +262,17 @@ class TrainConfig(_Strict):
     )
     output_dir: str = "models/challenger"
     checkpoint_dir: str = "checkpoints"
+
+
+class TokenTrainConfig(TrainConfig):
+    """Fine-tuning of a token classifier: also how words split into sub-words are targeted."""
+
+    label_all_subwords: bool = Field(
+        default=False,
+        description="Give every sub-word of a word a training target (the inside tag after "
+        "the first), not only the first; a change retrains from scratch (it changes the "
+        "targets, so it is part of the run's fingerprint).",
+    )
 
 
 class EvalConfig(_Strict):
@@ -272,15 +307,73 @@ class SignificanceTest(StrEnum):
 
 
 class GateConfig(_Strict):
-    """Promotion rules: a challenger replaces the champion only if every rule holds."""
+    """Promotion rules of a sequence_classification project (``tasks/registry/gate.py``):
+    a challenger replaces the champion only if every rule holds."""
 
-    min_macro_f1_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
-    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.20
-    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
-    min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
-    significance: SignificanceTest = SignificanceTest.mcnemar
+    min_macro_f1_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        default=0.0, description="challenger macro-F1 minus the champion's must reach this"
+    )
+    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.20, description="no class may lose more recall than this"
+    )
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.85, description="absolute floor, also for the first model"
+    )
+    min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.85, description="absolute floor, also for the first model"
+    )
+    significance: SignificanceTest = Field(
+        default=SignificanceTest.mcnemar,
+        description="paired test on the same test rows: McNemar on per-row correctness, a "
+        "paired bootstrap of macro-F1, or none",
+    )
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
+
+
+class TokenGateConfig(_Strict):
+    """Promotion rules of a token_classification project, on entity-level scores (strict
+    span match, as the evaluation reports them).
+
+    The compared score is entity F1 over all entities (micro), the evaluation's
+    headline: a mean over entity types would swing with the rare types of a small
+    test set, and a regression in one type is what ``max_type_recall_drop`` catches.
+    """
+
+    min_entity_f1_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        default=0.0, description="challenger entity F1 minus the champion's must reach this"
+    )
+    max_type_recall_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.20, description="no entity type may lose more recall than this"
+    )
+    min_entity_f1: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.25, description="absolute floor, also for the first model"
+    )
+    min_exact_match: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0,
+        description="absolute floor on the share of test texts whose entities are exactly "
+        "right (texts without entities count)",
+    )
+    significance: SignificanceTest = Field(
+        default=SignificanceTest.mcnemar,
+        description="McNemar on the texts each model gets exactly right, or none",
+    )
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+
+    @field_validator("significance")
+    @classmethod
+    def _no_bootstrap(cls, value: SignificanceTest) -> SignificanceTest:
+        # The paired bootstrap resamples per-text labels; span JSON has no macro-F1.
+        if value == SignificanceTest.bootstrap:
+            raise ValueError(
+                "'bootstrap' works for sequence_classification only; use mcnemar (on texts "
+                "whose entities are exactly right) or none"
+            )
+        return value
+
+
+#: the promotion rules of any task (``params.gate``)
+GateRules = GateConfig | TokenGateConfig
 
 
 class BatchingConfig(_Strict):
@@ -388,7 +481,8 @@ class ExportConfig(_Strict):
     int8_op_types: list[str] = Field(
         default=["MatMul", "Gather"],
         description="ONNX op types quantized to int8 (MatMul: the linear layers; Gather: the "
-        "embedding tables, 91 → 23 MB; MatMul alone lost 0.46 pt on BANKING77, both 0.16)",
+        "embedding tables, most of the file's size; docs/performance.md has what each "
+        "choice cost in accuracy and size)",
     )
     int8_per_channel: bool = Field(
         default=False, description="per-channel int8 weight scales for ONNX (slower to quantize)"
@@ -612,7 +706,14 @@ class TaskName(StrEnum):
 
 
 class Params(_Strict):
-    """Everything in ``params.yaml``."""
+    """Everything in ``params.yaml``, as a sequence_classification project has it.
+
+    ``task`` selects the shape of the task-dependent sections (``validation``,
+    ``train``, ``gate``): :class:`TokenParams` for token_classification. A key is
+    accepted only where it applies, so a token-only key in a sequence project is
+    an error naming the key, and a setting can never be silently ignored.
+    :func:`parse_params` and :func:`load_params` pick the class from ``task``.
+    """
 
     task: TaskName = TaskName.sequence_classification
     data: DataConfig = DataConfig()
@@ -639,15 +740,13 @@ class Params(_Strict):
     root: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
-    def _gate_fits_task(self) -> Params:
-        # The paired bootstrap resamples per-text labels: span JSON has no macro-F1.
-        if (
-            self.task == TaskName.token_classification
-            and self.gate.significance == SignificanceTest.bootstrap
-        ):
+    def _class_fits_task(self) -> Params:
+        # Params(task="token_classification") would carry the sequence sections.
+        wanted = PARAMS_OF_TASK[self.task]
+        if type(self) is not wanted:
             raise ValueError(
-                "gate.significance 'bootstrap' works for sequence_classification only; "
-                "use mcnemar (on texts whose entities are exactly right) or none"
+                f"task {self.task.value} has the sections of {wanted.__name__} "
+                "(parse_params and load_params pick the class from `task`)"
             )
         return self
 
@@ -657,12 +756,50 @@ class Params(_Strict):
         return p if p.is_absolute() else self.root / p
 
 
-def _format_errors(path: Path, exc: ValidationError) -> str:
+class TokenParams(Params):
+    """Everything in the ``params.yaml`` of a token_classification project: the sections
+    of :class:`Params`, with the token classifier's keys in ``validation`` (word
+    bounds, span and length checks), ``train`` (``label_all_subwords``) and an
+    entity-level ``gate``."""
+
+    task: TaskName = TaskName.token_classification
+    validation: TokenValidationConfig = TokenValidationConfig()
+    train: TokenTrainConfig = TokenTrainConfig()
+    gate: TokenGateConfig = TokenGateConfig()
+
+
+#: the params class of each task
+PARAMS_OF_TASK: dict[TaskName, type[Params]] = {
+    TaskName.sequence_classification: Params,
+    TaskName.token_classification: TokenParams,
+}
+
+
+def _accepts(model: Any, loc: tuple[Any, ...]) -> bool:
+    """Whether the nested key ``loc`` is a field of ``model`` (by name or alias)."""
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            return False
+        model = field.annotation
+    return True
+
+
+def _unknown_key(key: str, loc: tuple[Any, ...], task: TaskName) -> str:
+    owners = [t.value for t, cls in PARAMS_OF_TASK.items() if t != task and _accepts(cls, loc)]
+    if not owners:
+        return f"  {key}: unknown key"
+    return f"  {key}: only for task {' | '.join(owners)} (this project's task is {task.value})"
+
+
+def _format_errors(path: Path, exc: ValidationError, task: TaskName) -> str:
     lines = [f"{path}: invalid configuration"]
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            lines.append(_unknown_key(key, tuple(err["loc"]), task))
         else:
             # A URL may be a credential (a webhook, a database password): never echoed.
             got = "" if "url" in key else f" (got {redact_text(repr(err.get('input')))})"
@@ -671,7 +808,10 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
 
 
 def parse_params(raw: Any, source: Path, root: Path | None = None) -> Params:
-    """Validate an already-parsed mapping; ``source`` names it in errors."""
+    """Validate an already-parsed mapping; ``source`` names it in errors.
+
+    Returns the params class of the mapping's ``task`` (:data:`PARAMS_OF_TASK`).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -680,10 +820,19 @@ def parse_params(raw: Any, source: Path, root: Path | None = None) -> Params:
         )
     if "root" in raw:
         raise ConfigError(f"{source}: root: unknown key")
+    given = raw.get("task", TaskName.sequence_classification.value)
     try:
-        params = Params.model_validate(raw)
+        task = TaskName(given)
+    except ValueError:
+        known = " | ".join(t.value for t in TaskName)
+        raise ConfigError(
+            f"{source}: invalid configuration\n  task: expected {known} "
+            f"(got {redact_text(repr(given))})"
+        ) from None
+    try:
+        params = PARAMS_OF_TASK[task].model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc, task)) from None
     return params.model_copy(update={"root": root if root is not None else source.parent})
 
 
