@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-# No telemetry, no hub downloads (see DESIGN.md).
+# No telemetry, no hub downloads: nothing reaches the network (docs/architecture.md).
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
@@ -27,9 +27,10 @@ demo-loop: setup  ## after demo: serve, send feedback, ingest it, retrain, serve
 browser:  ## Debian's chromium for the browser tests (apt-get when root and missing)
 	./infra/setup-browser.sh
 
-test: setup browser  ## ruff + pytest (what CI runs)
+test: setup browser  ## ruff, import contracts (lint-imports), pytest (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 # `make bench QUICK=1` is `make bench-quick` (make itself cannot take `--quick`).

@@ -5,7 +5,7 @@ interval, ``monitor/scheduled`` on the interval (or cron) of the params file's
 ``monitoring`` section; all run on a work pool (a process pool is created when the server
 has none of that name) from the source of this checkout, and their parameters
 can be edited in the Prefect UI before a run (Run → Custom run). Run it with
-``make deploy`` (or ``python -m flows.deployments --help``) once the services
+``make deploy`` (or ``python -m slmops.flows.deployments --help``) once the services
 are up (``make services``) and ``PREFECT_API_URL`` points at the server.
 ``--params`` points the deployments at another project's ``params.yaml`` (its
 data, stores and settings) while the code still comes from ``--root``. On a
@@ -24,6 +24,8 @@ from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
+
+from slmops.tasks.core.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
@@ -131,8 +133,6 @@ def deploy_all(
 def _monitor_schedule(params_file: Path, schedules: Schedules) -> dict[str, Any]:
     """``{"cron": ...}`` or ``{"interval": ...}`` for ``monitor/scheduled``: the command
     line's, else the params file's ``monitoring.schedule_cron`` / ``schedule_every_seconds``."""
-    from slmops.tasks.core.config import load_params
-
     if schedules.monitor_cron:
         return {"cron": schedules.monitor_cron}
     if schedules.monitor_every_s:
@@ -144,9 +144,9 @@ def _monitor_schedule(params_file: Path, schedules: Schedules) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m flows.deployments``: register the deployments."""
+    """``python -m slmops.flows.deployments``: register the deployments."""
     parser = argparse.ArgumentParser(
-        prog="python -m flows.deployments", description=__doc__.split("\n\n")[0]
+        prog="python -m slmops.flows.deployments", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--root",

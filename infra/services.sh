@@ -37,7 +37,8 @@ export MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$REPO/mlf
 export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$REPO/mlflow/artifacts}"
 SERVICES=(prefect-server mlflow-server prefect-worker)
 
-# No telemetry, no hub downloads, no promotional content (see DESIGN.md).
+# No telemetry, no hub downloads, no promotional content: nothing reaches the network
+# (docs/architecture.md).
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true
 export HF_HUB_OFFLINE=1 PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false
 # MLflow's job runner (GenAI prompt optimisation, trace rollups) starts seven extra

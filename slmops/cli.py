@@ -7,19 +7,18 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import click
 import typer
 from rich import box
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from slmops.tasks.core.config import Params
-
-# Nothing reaches for the network by default (see DESIGN.md): set before the
-# libraries are imported.
+# Nothing reaches for the network by default (telemetry off, Hugging Face offline;
+# docs/architecture.md): set before the libraries below read them.
 ENV_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -33,6 +32,12 @@ ENV_DEFAULTS = {
 for _var, _value in ENV_DEFAULTS.items():
     os.environ.setdefault(_var, _value)
 
+# Cheap to import (no pandas, torch or Prefect). The commands' own steps are imported
+# inside each command, so that `slmops --help` starts in a fraction of a second.
+from slmops.tasks.core.config import ConfigError, Params, load_params  # noqa: E402
+from slmops.tasks.core.errors import DataError, PromotionError  # noqa: E402
+from slmops.tasks.data.versioning import DvcError  # noqa: E402
+
 try:
     # Newer typer ships its own copy of click: its usage errors are not click's classes,
     # and main() must catch both to print a usage message instead of a traceback.
@@ -45,7 +50,8 @@ app = typer.Typer(
     help=(
         "SLMOps: validate, label, fine-tune, evaluate, register, promote and serve a small "
         "language model, and learn again from user feedback.\n\n"
-        "Every command reads params.yaml (--params to choose another)."
+        "Every command reads params.yaml (--params, before or after the command, to choose "
+        "another)."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -57,17 +63,44 @@ app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _params_before_the_command(ctx: typer.Context, value: Path | None) -> Path:
+    """A command's ``--params``: its own when given, else the one before the command."""
+    return value if value is not None else ctx.find_root().params["params"]
+
+
+# Every command's --params. The callback fills it in, so a command's body always sees
+# a Path: `slmops --params X cmd` and `slmops cmd --params X` both work, and the one
+# after the command wins.
 ParamsOpt = Annotated[
-    Path, typer.Option("--params", "-p", help="Params file.", envvar="SLMOPS_PARAMS")
+    Path | None,
+    typer.Option(
+        "--params",
+        "-p",
+        help="Params file (default: the --params before the command, or $SLMOPS_PARAMS, "
+        "or params.yaml).",
+        callback=_params_before_the_command,
+        show_default=False,
+    ),
 ]
 
 
 @app.callback()
 def _setup(
+    params: Annotated[
+        Path,
+        typer.Option(
+            "--params",
+            "-p",
+            help="Params file for the command (a --params after the command wins).",
+            envvar="SLMOPS_PARAMS",
+        ),
+    ] = DEFAULT_PARAMS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    from rich.logging import RichHandler
-
+    # `params` is read by each command's --params callback (the root context keeps it).
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -77,15 +110,11 @@ def _setup(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _params(path: Path):
-    from slmops.tasks.core.config import load_params
-
+def _params(path: Path) -> Params:
     return load_params(path)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    from rich.markup import escape
-
     # Escaped: an error message may hold brackets ("[Errno 2]", a list) that rich
     # would read as markup.
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -138,14 +167,15 @@ def validate(
     report_dir: Annotated[
         Path | None, typer.Option(help="Where to write report.json, quarantine.csv, data_docs/.")
     ] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Run the validation gate (Great Expectations) on a dataset.
 
     Exits 1 when a check at error severity fails; every failing row is written
     to quarantine.csv with the reason.
     """
-    from slmops.tasks.validation.gate import run_gate, validate_file
+    # deferred: pulls torch and scikit-learn; keeps --help fast
+    from slmops.tasks.pipeline.prepare import run_gate, validate_file
 
     p = _params(params)
     results = [validate_file(path, p, leakage=leakage, out_dir=report_dir)] if path else run_gate(p)
@@ -166,7 +196,7 @@ def import_labels_cmd(
             "--format", help="label_studio_json | label_studio_min | csv (default: detect)."
         ),
     ] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Import labels into the labeled data and record a new DVC version.
 
@@ -174,7 +204,8 @@ def import_labels_cmd(
     ties and low agreement are quarantined. A new label for a text already in
     the data replaces the old one and is logged in corrections.csv.
     """
-    from slmops.tasks.labels.importer import import_labels
+    # deferred: pulls torch and scikit-learn; keeps --help fast
+    from slmops.tasks.pipeline.prepare import import_labels
 
     p = _params(params)
     for path in paths:
@@ -202,13 +233,14 @@ def data_init(
     rebuild: Annotated[
         bool, typer.Option(help="Rebuild from the seed even if data is present.")
     ] = False,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Bring the labeled data and test split into the workspace.
 
     Restores the version named in the .dvc files from the DVC cache or remote;
     on a fresh clone it rebuilds them from the seed (reproducing the committed hashes).
     """
+    # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.seed import init_data
 
     try:
@@ -222,17 +254,19 @@ def data_init(
 
 
 @app.command()
-def split(params: ParamsOpt = Path("params.yaml")) -> None:
+def split(params: ParamsOpt = None) -> None:
     """Write the stratified train/val split of the labeled data (dvc stage `split`)."""
-    from slmops.tasks.data.split import write_splits
+    # deferred: pulls torch and scikit-learn; keeps --help fast
+    from slmops.tasks.pipeline.prepare import write_splits
 
     s = write_splits(_params(params))
     out.print(f"{s.train_rows} train rows → {s.train_path}; {s.val_rows} val rows → {s.val_path}")
 
 
 @app.command()
-def prepare(params: ParamsOpt = Path("params.yaml")) -> None:
+def prepare(params: ParamsOpt = None) -> None:
     """Run the Prefect flow `prepare-data`: import pending exports → gate → split."""
+    # deferred: pulls Prefect and torch; keeps --help fast
     from slmops.flows.prepare_data import prepare_data
 
     result = _run_flow(prepare_data, params_path=str(params))
@@ -249,19 +283,18 @@ ProfileOpt = Annotated[
 ]
 
 
-def _params_profile(path: Path, profile: str | None):
-    from slmops.tasks.core.config import load_params
-
+def _params_profile(path: Path, profile: str | None) -> Params:
     return load_params(path, profile)
 
 
 @app.command()
-def train(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+def train(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
     """Fine-tune the base model on the train split (dvc stage `train`).
 
     Resumes from the last epoch checkpoint when a run with the same data and
     settings was interrupted.
     """
+    # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.challenger import train_challenger
 
     r = train_challenger(_params_profile(params, profile))
@@ -276,8 +309,9 @@ def train(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -
 
 
 @app.command()
-def evaluate(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+def evaluate(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
     """Evaluate the trained model on the frozen test split (dvc stage `evaluate`)."""
+    # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.challenger import evaluate_challenger
 
     r = evaluate_challenger(_params_profile(params, profile))
@@ -290,8 +324,9 @@ def evaluate(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")
 
 
 @app.command()
-def register(profile: ProfileOpt = None, params: ParamsOpt = Path("params.yaml")) -> None:
+def register(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
     """Log the trained and evaluated model to MLflow and register a new version."""
+    # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.challenger import register_challenger
 
     p = _params_profile(params, profile)
@@ -307,12 +342,17 @@ def promote(
         bool, typer.Option(help="Promote even when the gate refuses (recorded in the ledger).")
     ] = False,
     reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
-    """Gate a version against the champion and make it the champion if it passes."""
-    from slmops.tasks.registry.promotion import apply
+    """Gate a version against the champion; if it passes, export its serving formats and
+    make it the champion."""
+    # deferred: pulls torch and scikit-learn; keeps --help fast
+    from slmops.tasks.pipeline.promote import promote_version
 
-    decision, promoted = apply(_params(params), version, force=force, action="manual", note=reason)
+    # The gate, the export of the version's serving formats, then the alias move.
+    decision, promoted = promote_version(
+        _params(params), version, force=force, action="manual", note=reason
+    )
     for check in decision.checks:
         mark = "[green]pass[/]" if check["passed"] else "[red]fail[/]"
         out.print(f"  {mark} {check['rule']}: {check.get('detail', '')}")
@@ -328,9 +368,10 @@ def promote(
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Move the champion alias back to the previous champion (recorded in the ledger)."""
+    # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.registry.promotion import rollback as do_rollback
 
     entry = do_rollback(_params(params), reason=reason)
@@ -338,10 +379,12 @@ def rollback(
 
 
 @app.command()
-def models(params: ParamsOpt = Path("params.yaml")) -> None:
+def models(params: ParamsOpt = None) -> None:
     """Compare registered versions: test metrics, data versions, gate outcome, aliases."""
+    # deferred: pandas; keeps --help fast
     import pandas as pd
 
+    # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.registry.promotion import versions_table
 
     p = _params(params)
@@ -383,9 +426,10 @@ def retrain(
         float | None, typer.Option(help="Override train.data_fraction (quick runs).")
     ] = None,
     base_model: Annotated[str | None, typer.Option(help="Override train.base_model.")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Run the Prefect flow `retrain`: labels → validate → train → evaluate → register → gate."""
+    # deferred: pulls Prefect and torch; keeps --help fast
     from slmops.flows.retrain import retrain as retrain_flow
 
     r = _run_flow(
@@ -415,13 +459,14 @@ def retrain(
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Serve the champion over HTTP (OpenAPI docs at /docs); follows the alias when it moves.
 
     Write endpoints (/feedback, /admin/reload) need the token from the
     environment variable named by serve.token_env (SLMOPS_API_TOKEN).
     """
+    # deferred: pulls FastAPI and torch; keeps --help fast
     from slmops.serving.app import run
 
     run(_params(params), host=host, port=port)
@@ -438,13 +483,14 @@ def export_review(
     limit: Annotated[
         int | None, typer.Option(min=1, help="At most this many (serve.review_limit).")
     ] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Write the review queue (least confident predictions without feedback) for labeling.
 
     Import the file into Label Studio; its export comes back with
     `slmops import-labels` (or the pending folder of the retrain flow).
     """
+    # deferred: pulls pandas and SQLAlchemy; keeps --help fast
     from slmops.tasks.feedback.review import export_review as write_review
 
     if fmt not in ("label-studio", "csv"):
@@ -459,10 +505,11 @@ def ingest_feedback(
         bool, typer.Option("--no-retrain", help="Only report whether a retrain is due.")
     ] = False,
     limit: Annotated[int | None, typer.Option(help="At most this many feedback rows.")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Run the Prefect flow `ingest_feedback`: feedback → labeled data (new DVC version) → retrain
     when a threshold is crossed."""
+    # deferred: pulls Prefect and torch; keeps --help fast
     from slmops.flows.ingest_feedback import ingest_feedback_flow
 
     r = _run_flow(
@@ -498,7 +545,7 @@ def monitor(
         typer.Option("--no-alert", help="Write the report only: no webhook, no Prefect event."),
     ] = False,
     profile: ProfileOpt = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Run the Prefect flow `monitor`: the champion's live predictions against its
     test-set predictions.
@@ -512,6 +559,7 @@ def monitor(
     Exit code: 0 no check fired (or not enough live predictions to judge), 3 a check
     fired, 1 the run failed (no champion, no reference predictions, bad params).
     """
+    # deferred: pulls Prefect and torch; keeps --help fast
     from slmops.flows.monitor import monitor as monitor_flow
 
     r = _run_flow(
@@ -540,10 +588,11 @@ EXAMPLE_EXPORT = Path("data/examples/label_studio_export.json")
 @app.command("demo-loop")
 def demo_loop(
     port: Annotated[int | None, typer.Option(help="Service port (default: a free one).")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """The loop closing, after `slmops demo`: serve the champion, send corrections, ingest
     them as a new data version, retrain, promote or refuse, serve the champion after."""
+    # deferred: pulls FastAPI and torch; keeps --help fast
     from slmops.loop_demo import run as run_loop_demo
 
     run_loop_demo(params, out, port=port)
@@ -552,7 +601,7 @@ def demo_loop(
 @app.command()
 def demo(
     profile: ProfileOpt = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """The main job on the shipped data: the whole retrain loop, once.
 
@@ -582,7 +631,7 @@ def next_steps(p: Params, params: Path) -> str:
         except ValueError:  # the project is not under the working directory
             return str(path)
 
-    option = "" if params == Path("params.yaml") else f" -p {params}"
+    option = "" if params == DEFAULT_PARAMS else f" -p {params}"
     labeled_dvc = shown(p.path(p.data.labeled_dir).with_suffix(".dvc"))
     reports = shown(p.path(p.evaluate.output_dir))
     return (
@@ -594,10 +643,6 @@ def next_steps(p: Params, params: Path) -> str:
 
 def main() -> None:
     """Console-script entry point: known failures print one clear message, exit 1."""
-    from slmops.tasks.core.config import ConfigError
-    from slmops.tasks.core.errors import DataError, PromotionError
-    from slmops.tasks.data.versioning import DvcError
-
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)

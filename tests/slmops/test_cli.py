@@ -70,6 +70,50 @@ def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys):
     assert "params.yaml" in output and "split.sed: unknown key" in output
 
 
+PARAMS_PLACES = [
+    # (arguments, SLMOPS_PARAMS, the params file the command reads)
+    (("--params", "typo.yaml", "split"), None, "typo.yaml"),
+    (("-p", "typo.yaml", "split"), None, "typo.yaml"),
+    (("split", "--params", "typo.yaml"), None, "typo.yaml"),
+    (("--params", "typo.yaml", "split", "--params", "params.yaml"), None, "params.yaml"),
+    (("--params", "params.yaml", "split", "-p", "typo.yaml"), None, "typo.yaml"),
+    (("split",), "typo.yaml", "typo.yaml"),
+    (("--params", "params.yaml", "split"), "typo.yaml", "params.yaml"),
+    (("split", "--params", "params.yaml"), "typo.yaml", "params.yaml"),
+    (("--params", "typo.yaml", "data", "init"), None, "typo.yaml"),
+    (("--params", "typo.yaml", "demo"), None, "typo.yaml"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "read"),
+    PARAMS_PLACES,
+    ids=[" ".join(a) + f" env={e}" for a, e, _ in PARAMS_PLACES],
+)
+def test_params_before_or_after_the_command(tiny_project, monkeypatch, capsys, args, env, read):
+    """`slmops --params ner/params.yaml retrain` was "No such option: --params": the
+    option goes before the command too; after the command it wins, and SLMOPS_PARAMS
+    counts only when neither is given."""
+    monkeypatch.chdir(tiny_project)
+    (tiny_project / "typo.yaml").write_text("split:\n  sed: 3\n")
+    monkeypatch.delenv("SLMOPS_PARAMS", raising=False)
+    if env:
+        monkeypatch.setenv("SLMOPS_PARAMS", env)
+    code, output = cli(monkeypatch, capsys, *args)
+    if read == "typo.yaml":
+        assert code == 1, output
+        assert "typo.yaml" in output and "split.sed: unknown key" in output
+    else:
+        assert code == 0, output
+        assert "train rows" in output
+    assert "No such option" not in output
+
+
+def test_help_shows_params_before_the_command(monkeypatch, capsys):
+    code, output = cli(monkeypatch, capsys, "--help")
+    assert code == 0 and "--params" in output and "SLMOPS_PARAMS" in output
+
+
 @pytest.mark.parametrize("export", ["unknown.csv"])
 def test_import_with_unknown_labels_fails_and_changes_nothing(
     tiny_project, monkeypatch, capsys, export
