@@ -15,8 +15,8 @@ from slmops.tasks.labels.sources import detect_format, read_votes, resolve_votes
 from slmops.tasks.task_types import LABEL_FORMATS
 from slmops.tasks.task_types.token import spans as sp
 from slmops.tasks.task_types.token.conll import read_conll, write_conll
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[3]
 # The project's copy of the seed, else the shared original it was copied from.
 WNUT_DIRS = (REPO / "data" / "seed" / "wnut17", REPO.parent / "shared" / "datasets" / "wnut17")
 
