@@ -30,16 +30,12 @@ from fastapi import FastAPI
 
 from slmops.serving.auth import configured_token
 from slmops.serving.context import build_service
-from slmops.serving.holder import ModelHolder
 from slmops.serving.middleware import AnnounceArrivals, LimitBody, RecordRequests, max_body
 from slmops.serving.model_source import ModelSource
 from slmops.serving.routers import feedback, operations, predict
 from slmops.tasks.core.config import Params
 
 log = logging.getLogger(__name__)
-
-# Importable from here until tests/serving/test_model_source.py takes it from holder.
-__all__ = ["ModelHolder", "create_app", "run"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # MLflow's HTTP defaults (7 retries with exponential backoff, 120 s timeout) keep a

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from slmops.serving.app import ModelHolder
+from slmops.serving.holder import ModelHolder
 from slmops.serving.model_source import (
     MARKER,
     ModelRef,
