@@ -55,6 +55,12 @@ LATENCY_BUCKETS = (
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
+# A client chooses the request method: any other token it sends would be a new
+# label value, hence a new time series each, without bound.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+
+
 class ServiceMetrics:
     """The service's metrics on a registry of their own; thread-safe (prometheus_client is).
 
@@ -103,7 +109,9 @@ class ServiceMetrics:
         self._model_lock = threading.Lock()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request and its latency; ``endpoint`` is the route template."""
+        """Count one answered request and its latency; ``endpoint`` is the route template,
+        ``method`` is kept only when it is a standard HTTP method (else ``OTHER``)."""
+        method = method if method in HTTP_METHODS else OTHER_METHOD
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint, method).observe(max(seconds, 0.0))
 

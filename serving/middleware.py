@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,30 +35,50 @@ def max_body(serve: ServeConfig) -> int:
 
 
 class LimitBody:
-    """Refuse a request whose declared body exceeds ``max_body`` bytes, before reading it."""
+    """Refuse a request body over ``max_body`` bytes: at once from a declared
+    ``content-length``, else (chunked, or a length that lies) as the bytes arrive.
+
+    Counting the bytes received is what holds for every body: a chunked request
+    declares no length, and without the count the endpoint would read and parse
+    megabytes before its own checks refuse them.
+    """
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
         self.max_body = max_body
 
+    def _too_large(self, size: str) -> str:
+        return f"request body of {size} bytes; the limit is {self.max_body}"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer 413 from the ``content-length`` header, else pass the request on."""
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    if value.isdigit() and int(value) > self.max_body:
-                        length = value.decode()
-                        response = JSONResponse(
-                            {
-                                "detail": f"request body of {length} bytes; the limit is "
-                                f"{self.max_body}"
-                            },
-                            status_code=413,
-                        )
-                        await response(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        """Answer 413 from the ``content-length`` header, else pass the request on with
+        a ``receive`` that raises a 413 once more than ``max_body`` bytes came in."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if value.isdigit() and int(value) > self.max_body:
+                    response = JSONResponse(
+                        {"detail": self._too_large(value.decode())}, status_code=413
+                    )
+                    await response(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    # Raised inside the endpoint's body read: FastAPI passes an
+                    # HTTPException through, and the app answers it as a 413.
+                    raise HTTPException(413, self._too_large(f"more than {self.max_body}"))
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class AnnounceArrivals:

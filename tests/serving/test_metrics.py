@@ -101,3 +101,22 @@ def test_two_apps_in_one_process_keep_their_own_counts():
     ]
     fams_b = {f.name: f for f in text_string_to_metric_families(b.render()[0].decode())}
     assert {s.labels["label"] for s in fams_b["slmops_predictions"].samples} == {"PER", "LOC"}
+
+
+def test_a_made_up_method_does_not_become_a_label_value(params, registry):
+    """Clients choose the method token: anything but a standard method is one label,
+    OTHER, however many different tokens arrive."""
+    with TestClient(create_app(params)) as client:
+        for i in range(5):
+            client.request(f"BREW{i}", "/predict")
+        client.get("/health")
+        text = client.get("/metrics").text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    methods = {s.labels["method"] for s in fams["slmops_requests"].samples}
+    assert methods <= {"GET", "OTHER"} and "OTHER" in methods
+    other = [
+        s.value
+        for s in fams["slmops_requests"].samples
+        if s.name == "slmops_requests_total" and s.labels["method"] == "OTHER"
+    ]
+    assert sum(other) == 5
