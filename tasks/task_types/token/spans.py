@@ -25,9 +25,12 @@ from collections.abc import Sequence
 Span = tuple[int, int, str]
 
 _TOKEN = re.compile(r"\S+")
-# leading punctuation (but not the @ of a mention or the # of a hashtag), the
-# token's core, trailing punctuation
-_EDGES = re.compile(r"([^\w@#]*)(.*?)(\W*)", re.DOTALL)
+# Leading punctuation (but not the @ of a mention or the # of a hashtag), and a run
+# of non-word characters (trailing punctuation, matched on the reversed token). Each
+# match is one linear scan: a single pattern with a lazy core between the two was
+# quadratic in the token's length, and one long token came straight from /predict.
+_LEAD = re.compile(r"[^\w@#]*")
+_NON_WORD = re.compile(r"\W*")
 
 
 class SpanError(ValueError):
@@ -39,7 +42,9 @@ def words(text: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for token in _TOKEN.finditer(text):
         start, end = token.span()
-        lead, core, _ = _EDGES.fullmatch(token.group()).groups()
+        lead = _LEAD.match(token.group()).group()
+        rest = token.group()[len(lead) :]
+        core = rest[: len(rest) - len(_NON_WORD.match(rest[::-1]).group())]
         if not core:  # only punctuation: one word (":)", "...")
             out.append((start, end))
             continue

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slmops.tasks.task_types.token.spans import (
     SpanError,
@@ -115,3 +119,38 @@ def test_loads_refuses_cells_that_are_not_span_lists(cell) -> None:
 
 def test_tag_names_order() -> None:
     assert tag_names(["person", "group"]) == ["O", "B-person", "I-person", "B-group", "I-group"]
+
+
+# The one-pattern definition words() had before it became linear: lead, lazy core,
+# trailing punctuation. The new one must cut every text the same way.
+_OLD_EDGES = re.compile(r"([^\w@#]*)(.*?)(\W*)", re.DOTALL)
+
+
+def old_cut(text: str) -> list[str]:
+    out = []
+    for token in re.finditer(r"\S+", text):
+        lead, core, trail = _OLD_EDGES.fullmatch(token.group()).groups()
+        out += [token.group()] if not core else [p for p in (lead, core, trail) if p]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab_9é @#.,!?:)(-'\"\u200b\t\n"), max_size=40))
+def test_words_cut_texts_as_the_one_pattern_definition_did(text) -> None:
+    assert cut(text) == old_cut(text)
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        ("a" * 100_000, ["a" * 100_000]),
+        ("!" * 100_000, ["!" * 100_000]),
+        ("(" + "a!" * 50_000, ["(", "a!" * 49_999 + "a", "!"]),
+        ("#" + "!" * 100_000 + "a", ["#" + "!" * 100_000 + "a"]),
+    ],
+    ids=["word", "punctuation", "alternating", "hashtag-of-punctuation"],
+)
+def test_one_very_long_token_is_cut_in_one_pass(token, expected) -> None:
+    """A 100k-character token from /predict (the one-pattern cut was quadratic: 7 s for
+    ``#`` and 32k ``!`` then a letter)."""
+    assert cut(f"hi {token} there") == ["hi", *expected, "there"]
