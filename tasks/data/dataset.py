@@ -139,6 +139,8 @@ def read_label_file(path: Path) -> list[str]:
         raise DataError(
             f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:  # the parser recurses per nesting level
+        raise DataError(f"{path}: JSON nested too deeply to be a list of labels") from None
     if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
         raise DataError(f"{path}: expected a JSON list of non-empty label names")
     return labels

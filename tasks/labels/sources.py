@@ -136,6 +136,8 @@ def load_json(path: Path) -> list[Any]:
         raise DataError(
             f"{path}: line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}"
         ) from None
+    except RecursionError:  # the parser recurses per nesting level; no export nests so deep
+        raise DataError(f"{path}: JSON nested too deeply to be an export") from None
     if not isinstance(data, list):
         raise DataError(
             f"{path}: expected a JSON list of tasks at the top level, got {json_type_name(data)}"

@@ -69,6 +69,8 @@ def loads(cell: str) -> list[Span]:
         value = json.loads(cell)
     except (TypeError, json.JSONDecodeError) as exc:
         raise SpanError(f"not a JSON list of [start, end, type] spans: {exc}") from None
+    except RecursionError:  # the parser recurses per nesting level; spans nest two deep
+        raise SpanError("not a JSON list of [start, end, type] spans: nested too deeply") from None
     if not isinstance(value, list):
         raise SpanError("not a JSON list of [start, end, type] spans")
     out: list[Span] = []

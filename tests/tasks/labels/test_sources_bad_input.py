@@ -167,6 +167,9 @@ REFUSED: list[tuple[str, bytes, tuple[str, ...]]] = [
         ("label(s) not in the label set", "'card_delivery_estimate'", "11"),
     ),
     ("text.xlsx", b"PK\x03\x04", ("unknown file type '.xlsx'",)),
+    # 100k nested lists: the parser's recursion (was a RecursionError, no file named)
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, ("nested too deeply",)),
+    ("deep_task.json", b'[{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]", ("too deeply",)),
 ]
 
 

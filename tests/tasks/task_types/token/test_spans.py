@@ -154,3 +154,8 @@ def test_one_very_long_token_is_cut_in_one_pass(token, expected) -> None:
     """A 100k-character token from /predict (the one-pattern cut was quadratic: 7 s for
     ``#`` and 32k ``!`` then a letter)."""
     assert cut(f"hi {token} there") == ["hi", *expected, "there"]
+
+
+def test_a_deeply_nested_cell_is_a_span_error() -> None:
+    with pytest.raises(SpanError, match="nested too deeply"):
+        loads("[" * 100_000 + "]" * 100_000)
