@@ -13,12 +13,21 @@ from slmops.tasks.core.redact import redact_text, redact_uri
         ),
         ("mysql://u:p@ss:w0rd@host/db", "mysql://u:***@host/db"),  # "@" and ":" in the password
         ("https://:tok3n@mlflow.example.com", "https://:***@mlflow.example.com"),
+        # A "/" in the password (was shown whole: the match stopped at the "/").
+        ("postgresql://u:pa/ss@db/mlflow", "postgresql://u:***@db/mlflow"),
+        (
+            "postgresql://u:a/b@c:d@db:5432/x?sslmode=require",
+            "postgresql://u:***@db:5432/x?sslmode=require",
+        ),
+        # A token as the whole user info (was shown whole: no colon, no match).
+        ("https://ghp_T0k3n@github.com/org/repo.git", "https://***@github.com/org/repo.git"),
         (
             "postgresql://host/db?user=u&password=s3cret&sslmode=require",
             "postgresql://host/db?user=u&password=***&sslmode=require",
         ),
+        # A user name alone cannot be told from a token: masked too.
+        ("postgresql://user@host/db", "postgresql://***@host/db"),
         # Nothing to hide: unchanged.
-        ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("sqlite:////work/mlflow/mlflow.db", "sqlite:////work/mlflow/mlflow.db"),
         ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
         ("http://127.0.0.1:5000/path?x=a@b", "http://127.0.0.1:5000/path?x=a@b"),
