@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
-export DO_NOT_TRACK := 1
+export DO_NOT_TRACK := true
 
 .PHONY: setup browser demo demo-loop test lint bench bench-quick services services-stop services-status deploy help
 

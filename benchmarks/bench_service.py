@@ -302,7 +302,7 @@ def _env() -> dict[str, str]:
         {
             "HF_HUB_OFFLINE": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "1",
+            "DO_NOT_TRACK": "true",
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
         }
     )

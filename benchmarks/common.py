@@ -69,7 +69,7 @@ OFFLINE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "true",  # MLflow reads only "true"
 }
 
 

@@ -49,7 +49,7 @@ NO_TELEMETRY = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "true",  # MLflow reads only "true"
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
 }

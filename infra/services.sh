@@ -39,7 +39,7 @@ SERVICES=(prefect-server mlflow-server prefect-worker)
 
 # No telemetry, no hub downloads, no promotional content: nothing reaches the network
 # (docs/architecture.md).
-export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true
 export HF_HUB_OFFLINE=1 PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false
 # MLflow's job runner (GenAI prompt optimisation, trace rollups) starts seven extra
 # processes (~1.2 GB); nothing here uses it.

@@ -1,5 +1,6 @@
-"""The prediction and feedback HTTP service (``python -m slmops.serving``)."""
+"""The prediction and feedback HTTP service (``python -m slmops.serving``); the app is
+:func:`slmops.serving.app.create_app`.
 
-from slmops.serving.app import create_app, run
-
-__all__ = ["create_app", "run"]
+Nothing is imported here: ``python -m slmops.serving`` sets the offline defaults
+before the service's libraries load, which a package import of the app would precede.
+"""

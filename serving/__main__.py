@@ -6,8 +6,13 @@ import argparse
 import logging
 import sys
 
-from slmops.serving.app import run
-from slmops.tasks.core.config import DEFAULT_PARAMS, ConfigError, load_params
+from slmops.offline import apply_offline_defaults
+
+# Set before MLflow, transformers and Great Expectations are imported below.
+apply_offline_defaults()
+
+from slmops.serving.app import run  # noqa: E402
+from slmops.tasks.core.config import DEFAULT_PARAMS, ConfigError, load_params  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

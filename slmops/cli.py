@@ -17,20 +17,13 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-# Nothing reaches for the network by default (telemetry off, Hugging Face offline;
-# docs/architecture.md): set before the libraries below read them.
-ENV_DEFAULTS = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    # Prefect gives its ephemeral API server 20 s to start; on a busy 2-core machine
-    # that is not enough and the flow fails before it begins.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-}
-for _var, _value in ENV_DEFAULTS.items():
-    os.environ.setdefault(_var, _value)
+from slmops.offline import apply_offline_defaults
+
+# Set before the libraries below read them.
+apply_offline_defaults()
+# Prefect gives its ephemeral API server 20 s to start; on a busy 2-core machine
+# that is not enough and the flow fails before it begins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 # Cheap to import (no pandas, torch or Prefect). The commands' own steps are imported
 # inside each command, so that `slmops --help` starts in a fraction of a second.
