@@ -281,7 +281,11 @@ def fetch_format(params: Params, ref: ModelRef, folder: Path, fmt: str) -> dict:
     relative = ((manifest.get("formats") or {}).get(fmt) or {}).get("file")
     if not relative:
         return _fallback(ref, fmt, f"format {fmt} was not exported for it")
-    target = root / relative
+    target = (root / relative).resolve()
+    # The manifest is read from the registry: a path that leaves formats/ (``..``, an
+    # absolute path) would read, or download over, a file outside the cache.
+    if not target.is_relative_to(root.resolve()):
+        return _fallback(ref, fmt, f"format {fmt}: file {relative!r} is outside {FORMATS_DIR}/")
     if not target.is_file():
         try:
             _download_run_artifact(params, ref.run_id, f"{FORMATS_DIR}/{relative}", target)

@@ -142,6 +142,34 @@ def test_a_missing_format_falls_back_to_torch_with_a_warning(
     assert "no serving formats were exported for it (OSError: registry down)" in chosen["warning"]
 
 
+@pytest.mark.parametrize("relative", ["../../../outside.onnx", "/etc/passwd", "onnx/../../x"])
+def test_a_manifest_path_outside_formats_is_refused(
+    make_params, registry, exported, monkeypatch, tmp_path, relative
+):
+    params = make_params()
+    source = RegistrySource(params)
+    ref = _ref(source, registry, exported)
+    folder = fetch_version(params, ref, source.registry)
+    fetch_format(params, ref, folder, "onnx")  # the manifest, cached
+    manifest_path = folder.parent / FORMATS_DIR / FORMATS_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["formats"]["onnx"]["file"] = relative
+    manifest_path.write_text(json.dumps(manifest))
+    fetched = []
+
+    def download(params, run_id, path, dest):  # the registry serves the edited manifest
+        fetched.append(path)
+        if path.endswith(FORMATS_FILE):
+            return
+        raise AssertionError(f"downloaded {path} to {dest}")
+
+    monkeypatch.setattr("slmops.serving.model_source._download_run_artifact", download)
+    chosen = fetch_format(params, ref, folder, "onnx")
+    assert chosen["format"] == "torch" and chosen["onnx_path"] is None
+    assert f"file {relative!r} is outside formats/" in chosen["warning"]
+    assert fetched == [f"{FORMATS_DIR}/{FORMATS_FILE}"]
+
+
 def test_an_unloadable_onnx_file_falls_back_to_torch(make_params, registry, exported):
     source = RegistrySource(make_params(format="onnx-int8"))
     loaded = source.load(_ref(source, registry, exported))
