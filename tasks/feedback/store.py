@@ -504,26 +504,33 @@ class FeedbackStore:
         return Watermark(m["name"], int(m["last_feedback_id"]), _utc(m["updated_at"]))
 
     def set_watermark(self, name: str, last_id: int) -> Watermark:
-        """Record that consumer ``name`` has ingested every feedback id up to ``last_id``.
+        """Record that consumer ``name`` has ingested every feedback id up to ``last_id``;
+        returns the watermark as stored.
 
         Its own transaction, committed before returning: call it only after the
-        ingested rows are safely written elsewhere. Moving a watermark backwards
-        is allowed (to re-ingest on purpose).
+        ingested rows are safely written elsewhere. A watermark only rises: the
+        update is conditional in SQL, so a slower twin run that read an older
+        watermark cannot move it back and make the next run ingest rows twice.
         """
         now = _now()
+        mark = watermark_table.c
         with self.engine.begin() as conn:
-            updated = conn.execute(
+            conn.execute(
                 watermark_table.update()
-                .where(watermark_table.c.name == name)
+                .where(mark.name == name, mark.last_feedback_id < int(last_id))
                 .values(last_feedback_id=int(last_id), updated_at=now)
-            ).rowcount
-            if not updated:
+            )
+            row = conn.execute(
+                sa.select(mark.last_feedback_id, mark.updated_at).where(mark.name == name)
+            ).first()
+            if row is None:
                 conn.execute(
                     watermark_table.insert().values(
                         name=name, last_feedback_id=int(last_id), updated_at=now
                     )
                 )
-        return Watermark(name, int(last_id), now)
+                return Watermark(name, int(last_id), now)
+        return Watermark(name, int(row.last_feedback_id), _utc(row.updated_at))
 
     def counts(self) -> dict[str, int]:
         """Row counts of predictions and feedback (for status pages and tests)."""

@@ -169,8 +169,17 @@ def test_watermark_round_trip_and_exactly_once_reading(store):
     store.add_feedback(ids[1], "top_up_failed", LABELS, task=SEQUENCE)
     assert [i.text for i in store.feedback_since(mark.last_feedback_id)] == ["y"]
     time.sleep(0.01)
-    moved = store.set_watermark("labeled", 0)  # backwards on purpose: re-ingest everything
-    got = store.get_watermark("labeled")
-    assert got.last_feedback_id == 0 and got.updated_at >= mark.updated_at
-    assert moved.name == "labeled"
+    later = store.set_watermark("labeled", mark.last_feedback_id + 1)
+    assert later.last_feedback_id == mark.last_feedback_id + 1
+    assert later.updated_at > mark.updated_at
     assert store.get_watermark("other") is None
+
+
+def test_a_watermark_never_moves_back(store):
+    """A slower twin run that read an older watermark cannot move it back (which would
+    make the next ingestion read rows already in the data)."""
+    high = store.set_watermark("labeled", 7)
+    for stale in (3, 0, 7):
+        kept = store.set_watermark("labeled", stale)
+        assert (kept.last_feedback_id, kept.updated_at) == (7, high.updated_at)
+    assert store.get_watermark("labeled").last_feedback_id == 7
