@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from slmops.tasks.core.config import Params
+from slmops.tasks.core.lock import project_lock
 from slmops.tasks.core.task_type import TaskType
 from slmops.tasks.data.dataset import LabeledPaths, read_labeled, read_table
 from slmops.tasks.data.versioning import data_hash, track
@@ -192,6 +193,18 @@ def ingest_feedback(
     limit: int | None = None,
 ) -> IngestResult:
     """Merge the feedback after the watermark into the labeled data (see module doc)."""
+    with project_lock(params, "ingest feedback"):
+        return _ingest_feedback(params, store, task, now=now, limit=limit)
+
+
+def _ingest_feedback(
+    params: Params,
+    store: FeedbackStore,
+    task: TaskType,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
+) -> IngestResult:
     now = now or datetime.now(UTC)
     before = watermark(store)
     feedback = feedback_frame(

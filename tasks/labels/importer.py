@@ -19,6 +19,7 @@ import pandas as pd
 
 from slmops.tasks.core.config import Params
 from slmops.tasks.core.errors import DataError
+from slmops.tasks.core.lock import project_lock
 from slmops.tasks.core.task_type import LabelError, TaskType
 from slmops.tasks.data.dataset import (
     CORRECTION_COLUMNS,
@@ -167,6 +168,32 @@ def merge_votes(
     ``quarantine_unknown_labels`` sets those rows aside instead. The merged data
     must pass the gate before anything is written.
     """
+    with project_lock(params, "merge labels"):
+        return _merge_votes(
+            table,
+            params,
+            task,
+            source=source,
+            batch_id=batch_id,
+            kind=kind,
+            now=now,
+            version=version,
+            quarantine_unknown_labels=quarantine_unknown_labels,
+        )
+
+
+def _merge_votes(
+    table: VoteTable,
+    params: Params,
+    task: TaskType,
+    *,
+    source: str,
+    batch_id: str,
+    kind: str = "import",
+    now: datetime | None = None,
+    version: bool = True,
+    quarantine_unknown_labels: bool = False,
+) -> ImportSummary:
     now = now or datetime.now(UTC)
     stamp = now.isoformat(timespec="seconds")
     paths = LabeledPaths(params)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from slmops.tasks.core.config import GateRules, Params
 from slmops.tasks.core.errors import PromotionError
+from slmops.tasks.core.lock import project_lock
 from slmops.tasks.model.evaluate import PREDICTIONS_FILE, REPORT_FILE
 from slmops.tasks.registry import ledger
 from slmops.tasks.registry.gate import GateDecision, decide
@@ -220,8 +221,42 @@ def promote(
     """Act on :func:`gate`'s ``verdict``: when it promotes, point ``previous`` at the
     champion it was judged against and ``champion`` at the version; then write the
     ledger entry (with ``formats``, the export's outcome, when given). Returns whether
-    the champion moved."""
-    registry = Registry.configured(params)
+    the champion moved.
+
+    Under the project lock (:func:`~slmops.tasks.core.lock.project_lock`). When the
+    champion is no longer the one the verdict judged against (another run promoted
+    in between), the version is judged again against the new champion first: the
+    last writer never wins without having been compared.
+    """
+    with project_lock(params, f"promote version {verdict.version}"):
+        registry = Registry.configured(params)
+        name = params.registry.model_name
+        now = registry.alias(name, CHAMPION)
+        if verdict.promoted and now not in (verdict.champion_before, verdict.version):
+            log.warning(
+                "%s version %s was judged against version %s, but the champion is now "
+                "version %s: judging it again",
+                name,
+                verdict.version,
+                verdict.champion_before,
+                now,
+            )
+            verdict = gate(params, verdict.version, force=verdict.forced, who=who)
+        return _move_aliases(
+            params, registry, verdict, action=action, who=who, note=note, formats=formats
+        )
+
+
+def _move_aliases(
+    params: Params,
+    registry: Registry,
+    verdict: Verdict,
+    *,
+    action: str,
+    who: str | None,
+    note: str,
+    formats: dict[str, Any] | None,
+) -> bool:
     name = params.registry.model_name
     version, current = verdict.version, verdict.champion_before
     if verdict.promoted:
@@ -268,7 +303,13 @@ def apply(
 
 
 def rollback(params: Params, *, who: str | None = None, reason: str = "") -> dict[str, Any]:
-    """Move ``champion`` back to ``previous`` (and ``previous`` to the demoted version)."""
+    """Move ``champion`` back to ``previous`` (and ``previous`` to the demoted version),
+    under the project lock."""
+    with project_lock(params, "rollback"):
+        return _rollback(params, who=who, reason=reason)
+
+
+def _rollback(params: Params, *, who: str | None, reason: str) -> dict[str, Any]:
     registry = Registry.configured(params)
     name = params.registry.model_name
     reconcile(params, registry, who=who)

@@ -164,3 +164,27 @@ def test_the_gate_only_judges_and_tags_then_promote_moves_the_aliases(params, tm
     entry = ledger.read(path)[-1]
     assert entry["action"] == "force-promote" and entry["actor"] == "tester"
     assert entry["formats"] == formats and entry["champion_before"] == v1
+
+
+def test_two_challengers_gated_at_once_do_not_both_win(params, tmp_path):
+    """Two runs gate their challengers against champion v1 at the same time; the first
+    promotes. The second is judged again against the new champion before its alias
+    move: it is compared with the other challenger, never silently replaces it."""
+    v1 = add_version(params, correctness(300, 90), tmp_path)
+    apply(params, v1)
+    better = correctness(300, 90)
+    better[~better] = np.arange((~better).sum()) % 3 != 0  # fixes 2 of every 3 errors
+    v2 = add_version(params, better, tmp_path)
+    v3 = add_version(params, better, tmp_path)  # as good as v2, no better
+    first, second = gate(params, v2), gate(params, v3)
+    assert first.promoted and second.promoted  # each beats v1
+    assert promote(params, first)
+    assert not promote(params, second)  # judged again against v2: not better
+    mc = client(params)
+    name = params.registry.model_name
+    assert (alias_version(mc, name, CHAMPION), alias_version(mc, name, PREVIOUS)) == (v2, v1)
+    entries = ledger.read(params.path(params.registry.ledger))
+    assert [(e["version"], e["champion_before"], e["promoted"]) for e in entries[-2:]] == [
+        (v2, v1, True),
+        (v3, v2, False),
+    ]
