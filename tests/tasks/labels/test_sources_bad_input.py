@@ -328,9 +328,9 @@ def test_path_names_in_label_studio_data_are_never_opened(tiny_params, tmp_path)
     assert "do not read" not in LabeledPaths(tiny_params).labeled.read_text()
     # Nothing appeared outside data/labeled (but the project lock the import took).
     labeled = tiny_params.path(tiny_params.data.labeled_dir)
-    assert {
-        p for p in set(tiny_params.root.rglob("*")) - before if labeled not in p.parents
-    } <= {tiny_params.root / LOCK_FILE}
+    assert {p for p in set(tiny_params.root.rglob("*")) - before if labeled not in p.parents} <= {
+        tiny_params.root / LOCK_FILE
+    }
 
 
 def test_a_file_given_through_dotdot_is_recorded_by_name_only(tiny_params, tmp_path):
