@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from slmops.tasks.core.config import Params, ServeFormat, TaskName
+from slmops.tasks.core.config import Params, ServeFormat
 from slmops.tasks.core.redact import redact_text
 from slmops.tasks.model.export import (
     FORMATS_DIR,
@@ -53,7 +53,7 @@ from slmops.tasks.model.export import (
 from slmops.tasks.model.inference import ONNX_FORMATS, BasePredictor, load_predictor
 from slmops.tasks.registry.promotion import CHAMPION
 from slmops.tasks.registry.store import Registry, RegistryError
-from slmops.tasks.task_types import TaskType, task_of_model, task_type
+from slmops.tasks.task_types import TaskType, task_of_model
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class LoadedModel:
 
     @property
     def task(self) -> TaskType:
-        """The model's task type (sequence classification unless the predictor says)."""
-        return task_type(getattr(self.predictor, "task", TaskName.sequence_classification))
+        """The task type the model was loaded as (read from its folder's config)."""
+        return self.predictor.task
 
     @property
     def label_set(self) -> list[str]:
