@@ -215,7 +215,9 @@ class MicroBatcher(Generic[C, R]):
         if self._queue is None:
             raise BatcherClosed("the batcher is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        job = _Job(list(texts), future)
+        # A tuple cannot change under the batch: it is passed on as given, so a subclass
+        # carries what it holds besides the texts to compute (the service's principal).
+        job = _Job(texts if isinstance(texts, tuple) else list(texts), future)
         if len(self._queue) >= self.queue_size:
             self.stats.rejected += 1
             raise QueueFull(

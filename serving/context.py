@@ -7,6 +7,7 @@ through the :data:`ServiceDep` dependency instead of closures over
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, HTTPException, Request
 
+from slmops.serving.auth import Authenticator
 from slmops.serving.batcher import MicroBatcher
 from slmops.serving.holder import ModelHolder, NoModel, Poller
 from slmops.serving.metrics import ServiceMetrics
@@ -22,7 +24,10 @@ from slmops.serving.model_source import LoadedModel, ModelSource, RegistrySource
 from slmops.serving.predictions import Predictions, ScoredRequest
 from slmops.serving.schemas import PredictResponse
 from slmops.tasks.core.config import Params, ServeConfig
+from slmops.tasks.feedback.keys import KeyStore
 from slmops.tasks.feedback.store import FeedbackStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Service:
     # and a Hugging Face fast tokenizer must not be called from two threads at
     # once ("Already borrowed").
     inference_limiter: anyio.CapacityLimiter
+    # API keys (in the feedback database) and the shared token: who is calling.
+    authenticator: Authenticator
 
     @property
     def serve(self) -> ServeConfig:
@@ -58,6 +65,12 @@ class Service:
     async def running(self) -> AsyncIterator[None]:
         """The app's lifespan: poll the champion alias and run the batcher until
         shutdown, then close the store."""
+        if not self.authenticator.configured_now():
+            log.warning(
+                "no API key configured (slmops keys add, or %s / serve.token_file): /feedback, "
+                "/review and /admin/reload answer 503",
+                self.serve.token_env,
+            )
         poller = Poller(self.holder, self.serve.poll_seconds)
         poller.start()
         if self.batcher is not None:
@@ -82,7 +95,18 @@ def build_service(params: Params, model_loader: ModelSource | None = None) -> Se
         holder, store, metrics, chunk=serve.batching.chunk_size, top_k=serve.top_k
     )
     batcher = predictions.batcher(serve.batching) if serve.batching.enabled else None
-    return Service(params, holder, store, metrics, predictions, batcher, anyio.CapacityLimiter(1))
+    # The keys share the store's engine (and connection pool); closed with it.
+    authenticator = Authenticator(params, KeyStore(store.engine))
+    return Service(
+        params,
+        holder,
+        store,
+        metrics,
+        predictions,
+        batcher,
+        anyio.CapacityLimiter(1),
+        authenticator,
+    )
 
 
 # async although it never awaits: FastAPI runs a plain `def` dependency on a

@@ -21,6 +21,7 @@ import anyio
 
 from slmops.serving.model_source import LoadedModel, ModelSource, NoChampion
 from slmops.serving.schemas import HealthStatus
+from slmops.tasks.core.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ class ModelHolder:
                 log.info("serving %s version %s", new.name, new.version)
                 return ReloadOutcome(before, new.version, True, None)
             except NoChampion as exc:
-                self.last_error = str(exc)
+                self.last_error = redact_text(str(exc))
             except Exception as exc:  # any failure must leave the old model serving
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                # Shown by the open /health: a URI's credentials in the message are masked.
+                self.last_error = redact_text(f"{type(exc).__name__}: {exc}")
                 log.warning("model reload failed, still serving %s: %s", before, self.last_error)
             return ReloadOutcome(before, before, False, self.last_error)
 

@@ -11,6 +11,7 @@ the version that computed it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from slmops.serving.batcher import MicroBatcher
@@ -26,6 +27,21 @@ log = logging.getLogger(__name__)
 
 class StoreUnavailable(RuntimeError):
     """The feedback store refused a batch of predictions (answered 503)."""
+
+
+class Asked(tuple[str, ...]):
+    """One request's texts and the principal that sent them (None: anonymous).
+
+    A tuple of the texts, so the batcher queues it like any sequence of texts
+    and hands the very object to :meth:`Predictions.compute`.
+    """
+
+    principal: str | None
+
+    def __new__(cls, texts: Iterable[str], principal: str | None = None) -> Asked:
+        asked = super().__new__(cls, texts)
+        asked.principal = principal
+        return asked
 
 
 @dataclass(frozen=True)
@@ -72,8 +88,10 @@ class Predictions:
         self.chunk = chunk
         self.top_k = top_k
 
-    def compute(self, requests: list[list[str]]) -> list[ScoredRequest]:
+    def compute(self, requests: Sequence[Sequence[str]]) -> list[ScoredRequest]:
         """The model's part, for one request or a batch of them (runs in a thread).
+
+        A request given as :class:`Asked` records its principal with its predictions.
 
         :class:`~slmops.serving.holder.NoModel` while no model is loaded.
         """
@@ -82,6 +100,7 @@ class Predictions:
         loaded = self.holder.serving()
         task = loaded.task
         flat = [text for texts in requests for text in texts]
+        asked = [getattr(texts, "principal", None) for texts in requests for _ in texts]
         answers = task.score(loaded.predictor, flat, chunk=self.chunk, top_k=self.top_k)
         rows = [
             NewPrediction(
@@ -93,8 +112,9 @@ class Predictions:
                 top_k=a.top_k if a.entities is None else a.entities,
                 model_name=loaded.name,
                 model_version=loaded.version,
+                principal=principal,
             )
-            for text, a in zip(flat, answers, strict=True)
+            for text, a, principal in zip(flat, answers, asked, strict=True)
         ]
         out, start = [], 0
         for texts in requests:

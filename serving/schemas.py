@@ -124,7 +124,6 @@ class FeedbackRequest(BaseModel):
                 {
                     "prediction_id": "3f2c9a6d1b7e4f0a8c5d2e1f0a9b8c7d",
                     "label": "lost_or_stolen_card",
-                    "user": "reviewer-7",
                 }
             ]
         },
@@ -146,7 +145,11 @@ class FeedbackRequest(BaseModel):
         "token-classification models. Types from GET /model's `labels`.",
     )
     user: str | None = Field(
-        default=None, max_length=255, description="Who gives the feedback (free text)."
+        default=None,
+        max_length=255,
+        deprecated=True,
+        description="Deprecated and ignored (still accepted, so older clients keep working): "
+        "the reviewer recorded is the principal of the API key that sent the feedback.",
     )
 
 
@@ -159,7 +162,9 @@ class FeedbackResponse(BaseModel):
     kind: Literal["correction", "confirmation"] = Field(
         description="`correction` when the label differs from the prediction's."
     )
-    user: str | None
+    user: str | None = Field(
+        description="The reviewer: the principal of the API key that sent the feedback."
+    )
     created_at: datetime
     created: bool = Field(
         description="False when identical feedback already existed (HTTP 200, nothing added)."

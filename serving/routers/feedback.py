@@ -1,15 +1,16 @@
-"""``POST /feedback`` (token): a reviewer's label for a prediction; ``GET /review``: the
-least confident predictions nobody has reviewed."""
+"""``POST /feedback`` (reviewer key): a reviewer's label for a prediction; ``GET /review``
+(reviewer key: it shows other users' texts): the least confident predictions nobody has
+reviewed. The reviewer recorded is the key's principal, never a field of the body."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
+from fastapi import FastAPI, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 
-from slmops.serving.auth import AUTH_RESPONSES, require_read, require_token
+from slmops.serving.auth import AUTH_RESPONSES, PrincipalDep, requires
 from slmops.serving.context import ServiceDep
 from slmops.serving.model_source import LoadedModel
 from slmops.serving.schemas import (
@@ -21,6 +22,7 @@ from slmops.serving.schemas import (
     ReviewResponse,
     UnknownLabelResponse,
 )
+from slmops.tasks.feedback.keys import Role
 from slmops.tasks.feedback.store import (
     InvalidLabel,
     PredictionRecord,
@@ -54,7 +56,12 @@ def _wrong_field(body: FeedbackRequest, loaded: LoadedModel) -> JSONResponse | N
     )
 
 
-def feedback(body: FeedbackRequest, response: Response, service: ServiceDep) -> Any:
+def feedback(
+    body: FeedbackRequest, response: Response, service: ServiceDep, principal: PrincipalDep
+) -> Any:
+    # The key's principal is the reviewer, whatever the deprecated body field `user` says.
+    if principal is None:  # not reached: the route needs a reviewer key
+        raise HTTPException(401, "missing API key")
     loaded = service.served()
     wrong = _wrong_field(body, loaded)
     if wrong is not None:
@@ -63,7 +70,7 @@ def feedback(body: FeedbackRequest, response: Response, service: ServiceDep) -> 
     cell = loaded.task.feedback_cell(body.model_dump(include={field})[field])
     try:
         row, created = service.store.add_feedback(
-            body.prediction_id, cell, loaded.label_set, body.user, task=loaded.task
+            body.prediction_id, cell, loaded.label_set, principal.name, task=loaded.task
         )
     except UnknownPrediction as exc:
         raise HTTPException(404, str(exc)) from None
@@ -120,7 +127,7 @@ def add_routes(app: FastAPI) -> None:
         methods=["POST"],
         response_model=FeedbackResponse,
         status_code=201,
-        dependencies=[Depends(require_token)],
+        dependencies=[requires(Role.reviewer)],
         responses={
             200: {"model": FeedbackResponse, "description": "Identical feedback already stored."},
             404: {"model": ErrorResponse, "description": "Unknown prediction id."},
@@ -134,7 +141,8 @@ def add_routes(app: FastAPI) -> None:
         review,
         methods=["GET"],
         response_model=ReviewResponse,
-        dependencies=[Depends(require_read)],
+        # Always, whatever serve.protect_reads says: the answer holds other users' texts.
+        dependencies=[requires(Role.reviewer)],
         responses=AUTH_RESPONSES,
         summary="Unreviewed predictions, least confident first",
     )

@@ -1,14 +1,16 @@
 """What operators and load balancers ask: ``/health``, ``/model``, ``/stats``,
-``/metrics`` (Prometheus) and ``POST /admin/reload`` (token)."""
+``/metrics`` (Prometheus) and ``POST /admin/reload`` (admin key). The reads need a key
+(any role) when ``serve.protect_reads`` is on; ``/health`` never does and tells nothing
+private (no texts, no keys, credentials masked in its error)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
-from slmops.serving.auth import AUTH_RESPONSES, require_read, require_token
+from slmops.serving.auth import AUTH_RESPONSES, requires
 from slmops.serving.batcher import BatchStats
 from slmops.serving.context import ServiceDep
 from slmops.serving.schemas import (
@@ -18,6 +20,9 @@ from slmops.serving.schemas import (
     ReloadResponse,
     StatsResponse,
 )
+from slmops.tasks.feedback.keys import Role
+
+READ = requires(Role.client, read=True)
 
 
 async def health(service: ServiceDep) -> Any:
@@ -105,7 +110,7 @@ def add_routes(app: FastAPI) -> None:
         stats,
         methods=["GET"],
         response_model=StatsResponse,
-        dependencies=[Depends(require_read)],
+        dependencies=[READ],
         responses=AUTH_RESPONSES,
         summary="Micro-batching counters",
     )
@@ -113,7 +118,7 @@ def add_routes(app: FastAPI) -> None:
         "/metrics",
         prometheus_metrics,
         methods=["GET"],
-        dependencies=[Depends(require_read)],
+        dependencies=[READ],
         # Prometheus text, not JSON: left out of the OpenAPI schema (README: Monitoring).
         include_in_schema=False,
     )
@@ -122,7 +127,7 @@ def add_routes(app: FastAPI) -> None:
         model,
         methods=["GET"],
         response_model=ModelResponse,
-        dependencies=[Depends(require_read)],
+        dependencies=[READ],
         responses=AUTH_RESPONSES,
         summary="The served model version",
     )
@@ -131,7 +136,7 @@ def add_routes(app: FastAPI) -> None:
         reload,
         methods=["POST"],
         response_model=ReloadResponse,
-        dependencies=[Depends(require_token)],
+        dependencies=[requires(Role.admin)],
         responses={
             502: {"model": ReloadResponse, "description": "The reload failed; old model kept."},
             **AUTH_RESPONSES,

@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 
-from slmops.serving.auth import AUTH_RESPONSES, require_read
+from slmops.serving.auth import AUTH_RESPONSES, PrincipalDep, requires
 from slmops.serving.batcher import BatcherClosed, QueueFull
 from slmops.serving.context import Service, ServiceDep
 from slmops.serving.holder import NoModel
 from slmops.serving.middleware import ANNOUNCED
-from slmops.serving.predictions import StoreUnavailable
+from slmops.serving.predictions import Asked, StoreUnavailable
 from slmops.serving.schemas import ErrorResponse, PredictRequest, PredictResponse
 from slmops.tasks.core.config import ServeConfig
+from slmops.tasks.feedback.keys import Role
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def check_texts(texts: list[str], serve: ServeConfig) -> None:
             )
 
 
-async def _answer(service: Service, texts: list[str], request: Request) -> PredictResponse:
+async def _answer(service: Service, texts: Asked, request: Request) -> PredictResponse:
     batcher = service.batcher
     if batcher is not None:
         if getattr(request.state, ANNOUNCED, False):
@@ -63,12 +64,15 @@ async def _answer(service: Service, texts: list[str], request: Request) -> Predi
     return (await anyio.to_thread.run_sync(predictions.finish, scored))[0]
 
 
-async def predict(body: PredictRequest, request: Request, service: ServiceDep) -> PredictResponse:
+async def predict(
+    body: PredictRequest, request: Request, service: ServiceDep, principal: PrincipalDep
+) -> PredictResponse:
     texts = body.all_texts()
     check_texts(texts, service.serve)
     service.served()  # no model: 503 now, without queueing
+    asked = Asked(texts, principal.name if principal is not None else None)
     try:
-        return await _answer(service, texts, request)
+        return await _answer(service, asked, request)
     except QueueFull as exc:
         retry = {"Retry-After": QUEUE_FULL_RETRY_AFTER}
         raise HTTPException(503, str(exc), headers=retry) from None
@@ -91,7 +95,8 @@ def add_routes(app: FastAPI) -> None:
         predict,
         methods=["POST"],
         response_model=PredictResponse,
-        dependencies=[Depends(require_read)],
+        # A key of any role when serve.protect_reads is on; anonymous otherwise.
+        dependencies=[requires(Role.client, read=True)],
         responses={
             413: {"model": ErrorResponse, "description": "Too many texts, or a text too long."},
             422: {"description": "Blank text, or neither/both of `text` and `texts`."},

@@ -49,7 +49,8 @@ def test_ner_retrain_serve_feedback_and_ingest(ner_project):
     assert set(report["per_class"]) >= {"person", "location"}
 
     labeled_dvc = (ner_project / "data" / "labeled.dvc").read_text()
-    with TestClient(create_app(params)) as http:
+    # A Host the service answers (bound to loopback: serve.allowed_hosts' default).
+    with TestClient(create_app(params), base_url="http://127.0.0.1") as http:
         model = _served(http)
         assert model["task"] == "token_classification"
         assert "person" in model["labels"] and "B-person" not in model["labels"]

@@ -25,6 +25,20 @@ from tests.tasks.tiny_model import make_tiny_model
 
 TOKEN = "test-token-0123456789"
 NAME = "slmops-intent"
+# The services under test bind loopback by default, so they answer only Host headers
+# that name it (serve.allowed_hosts); TestClient's own default, "testserver", is not one.
+LOOPBACK_URL = "http://127.0.0.1"
+
+
+@pytest.fixture(autouse=True)
+def _loopback_test_client(monkeypatch):
+    """Every TestClient here talks to ``http://127.0.0.1`` unless a test says otherwise."""
+    init = TestClient.__init__
+
+    def loopback_init(self, app, base_url: str = LOOPBACK_URL, *args, **kwargs) -> None:
+        init(self, app, base_url, *args, **kwargs)
+
+    monkeypatch.setattr(TestClient, "__init__", loopback_init)
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def test_feedback_needs_the_token(client, monkeypatch):
     assert r.status_code == 401 and "Authorization: Bearer" in r.json()["detail"]
     assert r.headers["www-authenticate"] == "Bearer"
     r = client.post("/feedback", json=body, headers=auth("wrong-token"))
-    assert r.status_code == 401 and r.json()["detail"] == "invalid token"
+    assert r.status_code == 401 and r.json()["detail"].startswith("invalid API key")
     assert TOKEN not in r.text
     monkeypatch.delenv("SLMOPS_API_TOKEN")
     r = client.post("/feedback", json=body, headers=auth())
@@ -112,7 +112,9 @@ def test_feedback_created_repeated_unknown_id_and_unknown_label(client):
     first = client.post("/feedback", json=body, headers=auth())
     assert first.status_code == 201, first.text
     stored = first.json()
-    assert stored["created"] and stored["kind"] == "correction" and stored["user"] == "reviewer-1"
+    assert stored["created"] and stored["kind"] == "correction"
+    # The reviewer is the key's principal (the shared token's), never the body's `user`.
+    assert stored["user"] == "api-token"
     again = client.post("/feedback", json=body, headers=auth())
     assert again.status_code == 200
     assert again.json()["feedback_id"] == stored["feedback_id"] and not again.json()["created"]
@@ -137,13 +139,14 @@ def test_review_lists_unreviewed_predictions_least_confident_first(client):
         json={"prediction_id": reviewed["prediction_id"], "label": reviewed["label"]},
         headers=auth(),
     )
-    items = client.get("/review").json()["items"]
+    items = client.get("/review", headers=auth()).json()["items"]
     expected = sorted((p for p in answers if p is not reviewed), key=lambda p: p["confidence"])
     assert [i["prediction_id"] for i in items] == [p["prediction_id"] for p in expected]
     assert items[0]["text"] in TEXTS and len(items[0]["top_k"]) == 3
-    assert len(client.get("/review", params={"limit": 1}).json()["items"]) == 1
-    assert client.get("/review", params={"limit": 0}).status_code == 422
-    late = client.get("/review", params={"since": "2999-01-01T00:00:00Z"}).json()
+    review = {"headers": auth()}
+    assert len(client.get("/review", params={"limit": 1}, **review).json()["items"]) == 1
+    assert client.get("/review", params={"limit": 0}, **review).status_code == 422
+    late = client.get("/review", params={"since": "2999-01-01T00:00:00Z"}, **review).json()
     assert late["items"] == []
 
 

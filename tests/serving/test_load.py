@@ -6,9 +6,12 @@ default, the session's tiny model) in its own process; 32 client threads x 500 r
 ``http.client`` connection, mixing ``/predict`` (one text, sometimes several) and
 ``/feedback`` for ids the clients received: their own (first send 201, repeats 200),
 a shared set that every client sends identical feedback for (exactly one 201 per pair
-across all clients), and deliberate 4xx (unknown id 404, unknown label 422, no or a
-wrong token 401). Midway the champion alias moves to a version whose weights do not
-load and ``/admin/reload`` fails: the old version must keep serving without one error.
+and client: each reviewer's agreement is a vote of its own), and deliberate 4xx
+(unknown id 404, unknown label 422, no or a wrong key 401). Each client has an API key
+of its own (principal ``client-<i>``, role reviewer), so the store must also credit
+every row to the key that sent it. Midway the champion alias moves to a version whose
+weights do not load and ``/admin/reload`` fails: the old version must keep serving
+without one error.
 
 Every unexpected status and every connection error is a failure. Afterwards the
 feedback store is read directly: every prediction id a client received exists exactly
@@ -42,6 +45,7 @@ import yaml
 
 from slmops.serving.background import free_port
 from slmops.tasks.core.config import parse_params
+from slmops.tasks.feedback.keys import KeyStore
 from slmops.tasks.feedback.store import (
     FeedbackStore,
     NewPrediction,
@@ -67,6 +71,7 @@ SENTENCES = [
     "top up failed again",
     "my balance did not update after the transfer",
 ]
+OWN_KEY = "<the client's own key>"  # Client.send's default: the client's API key
 
 
 @dataclass
@@ -93,8 +98,9 @@ class Shared:
 class Client:
     """One client thread: one keep-alive connection, ``REQUESTS`` requests."""
 
-    def __init__(self, index: int, port: int, shared: Shared) -> None:
+    def __init__(self, index: int, port: int, shared: Shared, key: str) -> None:
         self.index = index
+        self.key = key  # the API key of principal client-<index>
         self.port = port
         self.shared = shared
         self.rng = random.Random(index)
@@ -124,7 +130,8 @@ class Client:
         except ValueError:
             return response.status, {"raw": data[:200].decode(errors="replace")}
 
-    def send(self, kind: str, path: str, payload: dict, expected: tuple[int, ...], token=TOKEN):
+    def send(self, kind: str, path: str, payload: dict, expected: tuple[int, ...], token=OWN_KEY):
+        token = self.key if token == OWN_KEY else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         start = time.perf_counter()
         status, body = self.post(path, payload, headers)
@@ -290,7 +297,9 @@ def test_service_under_concurrent_load_loses_and_duplicates_nothing(
     port = free_port()
     proc = start_service(params_file, port, tmp_path / "service.log")
     shared = Shared()
-    clients = [Client(i, port, shared) for i in range(CLIENTS)]
+    with KeyStore.from_params(params) as keys:
+        made = [keys.add(f"client-{i}", "reviewer", created_by="test") for i in range(CLIENTS)]
+    clients = [Client(i, port, shared, key) for i, (_, key) in enumerate(made)]
     reload: dict = {}
     try:
         start = threading.Barrier(CLIENTS + 1)
@@ -405,6 +414,9 @@ def test_service_under_concurrent_load_loses_and_duplicates_nothing(
             predictions = conn.execute(
                 sa.select(predictions_table.c.id, predictions_table.c.text)
             ).all()
+            asked_by = dict(
+                conn.execute(sa.select(predictions_table.c.id, predictions_table.c.principal)).all()
+            )
             feedback = conn.execute(
                 sa.select(
                     feedback_table.c.id,
@@ -417,8 +429,12 @@ def test_service_under_concurrent_load_loses_and_duplicates_nothing(
         store.close()
     assert len(predictions) == len(answered)
     assert dict(predictions) == answered
+    # ...each credited to the principal of the key that asked (protect_reads off: a key
+    # sent is still resolved, through the service's key cache).
+    assert asked_by == {pid: f"client-{c.index}" for c in clients for pid in c.texts}
 
-    # Feedback: the rows are exactly the 201 answers, with the label and user sent.
+    # Feedback: the rows are exactly the 201 answers, with the label sent, each credited
+    # to the principal of the key that sent it (client-<i>, which the body's `user` repeats).
     created = {
         (s.body["feedback_id"], s.payload["prediction_id"], s.payload["label"], s.payload["user"])
         for s in sent
@@ -426,15 +442,17 @@ def test_service_under_concurrent_load_loses_and_duplicates_nothing(
     }
     assert len(created) == sum(1 for s in sent if s.status == 201)
     assert set(map(tuple, feedback)) == created and len(feedback) == len(created)
-    # Each shared pair: one 201 across all clients; every other answer names the same row.
-    ids_by_pair: dict[tuple[str, str], set[int]] = defaultdict(set)
-    created_by_pair: Counter[tuple[str, str]] = Counter()
+    # Each shared pair: one 201 per client that sent it (each reviewer's agreement is a
+    # vote of its own); every repeat by that client names its row.
+    ids_by_vote: dict[tuple[str, str, str], set[int]] = defaultdict(set)
+    created_by_vote: Counter[tuple[str, str, str]] = Counter()
     for s in by_kind["feedback_shared"]:
-        pair = (s.payload["prediction_id"], s.payload["label"])
-        ids_by_pair[pair].add(s.body["feedback_id"])
-        created_by_pair[pair] += s.status == 201
-    assert all(len(ids) == 1 for ids in ids_by_pair.values()), ids_by_pair
-    assert set(created_by_pair.values()) == {1}
+        vote = (s.payload["prediction_id"], s.payload["label"], s.payload["user"])
+        ids_by_vote[vote].add(s.body["feedback_id"])
+        created_by_vote[vote] += s.status == 201
+    assert all(len(ids) == 1 for ids in ids_by_vote.values()), ids_by_vote
+    assert set(created_by_vote.values()) == {1}
+    assert len({v[:2] for v in created_by_vote}) < len(created_by_vote)  # pairs were shared
     # Nothing rejected was written.
     assert not any(row.label == REJECTED_LABEL or row.user_name == "rejected" for row in feedback)
     assert {row.prediction_id for row in feedback} <= set(answered)
@@ -472,8 +490,9 @@ def test_store_with_32_writer_threads_and_an_ingesting_reader(tmp_path):
                 )
                 created[t].append((own[0].id, ids[0], own[0].label, own[1]))
                 barrier.wait(60)  # every thread sends the same feedback at once
+                # One reviewer's request retried from 32 threads: the unique-row race.
                 row, new = store.add_feedback(
-                    shared_ids[r], labels[1], labels, f"thread-{t}", task=SEQUENCE
+                    shared_ids[r], labels[1], labels, "one-reviewer", task=SEQUENCE
                 )
                 created[t].append((row.id, shared_ids[r], labels[1], new))
         except BaseException as exc:  # reported by the main thread

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
 from slmops.serving.app import create_app
-from tests.serving.conftest import auth, wait_until_loaded
+from tests.serving.conftest import LOOPBACK_URL, auth, wait_until_loaded
 
 MAX_EXAMPLES = 25
 # Checks left out, and why:
@@ -53,7 +53,7 @@ def client(params):
 
 def _send(client: TestClient, case) -> object:
     # Schemathesis serialises for `requests`; TestClient is httpx: raw bodies are `content`.
-    kwargs = case.as_transport_kwargs(base_url="http://testserver", headers=auth())
+    kwargs = case.as_transport_kwargs(base_url=LOOPBACK_URL, headers=auth())
     kwargs.pop("cookies", None)
     if "data" in kwargs and isinstance(kwargs["data"], str | bytes):
         kwargs["content"] = kwargs.pop("data")

@@ -49,6 +49,8 @@ def test_empty_file_gives_defaults(tmp_path: Path):
         ("label_import:\n  min_agreement: zero\n", "label_import.min_agreement"),
         ("- just\n- a list\n", "expected a mapping"),
         ("root: /etc\n", "root: unknown key"),
+        ("serve:\n  allowed_hosts: [example.com:8000]\n", "serve.allowed_hosts"),
+        ("serve:\n  allowed_hosts: ['*example.com']\n", "'*.example.com'"),
     ],
 )
 def test_invalid_values_name_the_file_and_key(tmp_path: Path, text: str, expected: str):
