@@ -37,6 +37,11 @@ from slmops.tasks.core.lock import project_lock
 from slmops.tasks.model.evaluate import PREDICTIONS_FILE, REPORT_FILE
 from slmops.tasks.registry import ledger
 from slmops.tasks.registry.gate import GateDecision, decide
+from slmops.tasks.registry.registration import (
+    TAG_TEST_HASH,
+    registration_state,
+    require_complete,
+)
 from slmops.tasks.registry.store import Registry
 from slmops.tasks.registry.tracking import actor
 
@@ -45,7 +50,6 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 PREVIOUS = "previous"
 EVAL_ARTIFACTS = "eval"  # run artifact folder holding the evaluation files
-TAG_TEST_HASH = "data.test_hash"
 TAG_DECISION = "gate.decision"
 TAG_SUMMARY = "gate.summary"
 
@@ -187,7 +191,9 @@ def gate(params: Params, version: str, *, force: bool = False, who: str | None =
     """Judge ``version`` against the current champion and tag the decision on it
     (``gate.decision``: promoted, forced or refused; ``gate.summary``). Moves nothing.
 
-    ``force`` promotes even when the gate refuses (recorded as such).
+    ``force`` promotes even when the gate refuses (recorded as such). A version whose
+    registration never completed is completed first when its files are intact, and
+    refused otherwise (:func:`~slmops.tasks.registry.registration.require_complete`).
     """
     registry = Registry.configured(params)
     name = params.registry.model_name
@@ -195,6 +201,11 @@ def gate(params: Params, version: str, *, force: bool = False, who: str | None =
     current = registry.alias(name, CHAMPION)
     if current == str(version):
         raise PromotionError(f"{name} version {version} is already the champion")
+    mv = registry.version(name, version)
+    if mv is not None:  # (a missing version: load_evaluated says so)
+        # A registration killed midway: completed here when its files are intact,
+        # else a clear refusal.
+        require_complete(registry, mv, who=who or actor())
     challenger = load_evaluated(registry, name, version)
     champion = load_evaluated(registry, name, current) if current else None
     decision = judge(challenger, champion, params.gate)
@@ -226,13 +237,14 @@ def promote(
     Under the project lock (:func:`~slmops.tasks.core.lock.project_lock`). When the
     champion is no longer the one the verdict judged against (another run promoted
     in between), the version is judged again against the new champion first: the
-    last writer never wins without having been compared.
+    last writer never wins without having been compared, and a refusal is never
+    recorded against a champion that is no longer serving (the ledger stays one chain).
     """
     with project_lock(params, f"promote version {verdict.version}"):
         registry = Registry.configured(params)
         name = params.registry.model_name
         now = registry.alias(name, CHAMPION)
-        if verdict.promoted and now not in (verdict.champion_before, verdict.version):
+        if now not in (verdict.champion_before, verdict.version):
             log.warning(
                 "%s version %s was judged against version %s, but the champion is now "
                 "version %s: judging it again",
@@ -337,7 +349,8 @@ def _rollback(params: Params, *, who: str | None, reason: str) -> dict[str, Any]
 
 
 def versions_table(params: Params) -> pd.DataFrame:
-    """One row per registered version: metrics, data versions, gate outcome, aliases."""
+    """One row per registered version: metrics, data versions, gate outcome, aliases, and
+    registration state (``pending`` for one never completed, ``failed``)."""
     registry = Registry.configured(params)
     name = params.registry.model_name
     by_alias = registry.aliases(name)
@@ -358,6 +371,7 @@ def versions_table(params: Params) -> pd.DataFrame:
                 "labeled_data": t.get("data.labeled_hash", "")[:12],
                 "test_data": t.get(TAG_TEST_HASH, "")[:12],
                 "gate": t.get(TAG_DECISION, ""),
+                "registration": registration_state(mv),
                 "created": pd.Timestamp(mv.created_ms, unit="ms").strftime("%Y-%m-%d %H:%M"),
                 "run_id": mv.run_id,
             }

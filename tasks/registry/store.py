@@ -38,11 +38,25 @@ class ModelVersion:
     run_id: str  # "" when the version was registered without a run
     tags: dict[str, str] = field(default_factory=dict)
     created_ms: int = 0  # creation time, milliseconds since the epoch
+    # MLflow's status: READY, or PENDING_REGISTRATION / FAILED_REGISTRATION for a
+    # version whose files a store is still copying, or failed to.
+    status: str = "READY"
 
     @property
     def uri(self) -> str:
         """``models:/<name>/<version>``: pinned, unlike an alias."""
         return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One tracking run, as the store holds it."""
+
+    run_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED or SCHEDULED
+    tags: dict[str, str] = field(default_factory=dict)
+    start_ms: int = 0  # start time, milliseconds since the epoch
+    model_ids: tuple[str, ...] = ()  # the logged models the run output
 
 
 def tracking_uri(params: Params) -> str:
@@ -104,6 +118,18 @@ def _version(mv: Any) -> ModelVersion:
         run_id=mv.run_id or "",
         tags=dict(mv.tags or {}),
         created_ms=int(mv.creation_timestamp or 0),
+        status=str(mv.status or "READY"),
+    )
+
+
+def _run(run: Any) -> RunRecord:
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return RunRecord(
+        run_id=str(run.info.run_id),
+        status=str(run.info.status),
+        tags=dict(run.data.tags or {}),
+        start_ms=int(run.info.start_time or 0),
+        model_ids=tuple(str(o.model_id) for o in outputs or []),
     )
 
 
@@ -173,6 +199,65 @@ class Registry:
         """Every registered version of ``name``."""
         return [_version(mv) for mv in self.client.search_model_versions(f"name='{name}'")]
 
+    def run(self, run_id: str) -> RunRecord | None:
+        """Run ``run_id``; None when there is none."""
+        try:
+            return _run(self.client.get_run(run_id))
+        except _mlflow_error():
+            return None
+
+    def runs(self, experiment: str, status: str) -> list[RunRecord]:
+        """The runs of experiment ``experiment`` (a name) in ``status`` (e.g. RUNNING)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        out: list[RunRecord] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [found.experiment_id],
+                filter_string=f"attributes.status = '{status}'",
+                page_token=token,
+            )
+            out += [_run(r) for r in page]
+            token = page.token
+            if not token:
+                return out
+
+    def run_files(self, run_id: str, path: str) -> set[str]:
+        """The artifact paths directly under ``path`` of run ``run_id`` (empty when none)."""
+        try:
+            return {f.path for f in self.client.list_artifacts(run_id, path)}
+        except (_mlflow_error(), OSError):
+            return set()
+
+    def version_files(self, name: str, version: str) -> set[str]:
+        """Every file of a registered version's model, as paths relative to its folder
+        (empty when the files cannot be listed)."""
+        from mlflow.store.artifact.artifact_repository_registry import (  # deferred: slow import
+            get_artifact_repository,
+        )
+
+        files: set[str] = set()
+        try:
+            repo = get_artifact_repository(
+                self.version_download_uri(name, version), tracking_uri=self.uri
+            )
+            folders: list[str | None] = [None]
+            while folders:
+                for f in repo.list_artifacts(folders.pop()):
+                    (folders.append(f.path) if f.is_dir else files.add(f.path))
+        except (_mlflow_error(), OSError):
+            return set()
+        return files
+
+    def logged_model_status(self, model_id: str) -> str | None:
+        """A logged model's status (PENDING, READY, FAILED); None when there is none."""
+        try:
+            return str(self.client.get_logged_model(model_id).status)
+        except _mlflow_error():
+            return None
+
     # ------------------------------------------------------------------ writes
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -187,6 +272,23 @@ class Registry:
         """Set tags on a version, one by one in the given order."""
         for key, value in tags.items():
             self.client.set_model_version_tag(name, str(version), key, value)
+
+    def delete_version(self, name: str, version: str) -> None:
+        """Remove version ``version`` of ``name`` from the registry (its run stays)."""
+        self.client.delete_model_version(name, str(version))
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """End a run with ``status`` (FINISHED, FAILED or KILLED), now."""
+        self.client.set_terminated(run_id, status)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Tag a run, one tag at a time."""
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def fail_logged_model(self, model_id: str) -> None:
+        """Mark a logged model whose upload never finished as FAILED."""
+        self.client.finalize_logged_model(model_id, "FAILED")
 
     def log_metric(self, run_id: str, key: str, value: float) -> None:
         """Add a value to a run's metric history."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import socket
 import subprocess
 import warnings
@@ -27,16 +28,22 @@ if TYPE_CHECKING:
 
 __all__ = [  # configure and tracking_uri are the store's, kept importable from here
     "MODEL_REQUIREMENTS",
+    "OWNER_HOST",
+    "OWNER_PID",
+    "OWNER_STARTED",
     "LoggedModel",
     "Run",
     "actor",
     "configure",
+    "describe_owner",
     "flatten",
     "git_commit",
     "log_dataset",
     "log_model",
+    "owner_alive",
     "record_live_accuracy",
     "register",
+    "run_owner",
     "start_run",
     "tracking_uri",
 ]
@@ -55,6 +62,74 @@ def actor() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+# The process that opened a run, recorded on it: a RUNNING run whose process is gone
+# was killed (its run can never end by itself) and the next flow marks it FAILED.
+OWNER_HOST = "slmops.owner.host"
+OWNER_PID = "slmops.owner.pid"
+OWNER_STARTED = "slmops.owner.started"  # with the pid, names one process even if the pid is reused
+
+
+def _process(pid: int) -> tuple[str, str] | None:
+    """(state, start) of process ``pid`` from Linux's /proc: its state letter and a
+    start token (boot id and start time in clock ticks); None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count after its last ")".
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], f"{boot}:{fields[19]}"
+
+
+def run_owner() -> dict[str, str]:
+    """Tags naming this process as a run's owner: host, pid and, on Linux, its start."""
+    pid = os.getpid()
+    found = _process(pid)
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PID: str(pid),
+        OWNER_STARTED: found[1] if found else "",
+    }
+
+
+def describe_owner(tags: Mapping[str, str]) -> str:
+    """``pid N on HOST`` from a run's owner tags (``no owner recorded`` without them)."""
+    if not tags.get(OWNER_PID):
+        return "no owner recorded"
+    return f"pid {tags[OWNER_PID]} on {tags.get(OWNER_HOST, '?')}"
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that owns a run (its :func:`run_owner` tags) still runs.
+
+    None when that cannot be known from here: no owner recorded (a run logged by
+    another tool, or before owners were recorded), or an owner on another host.
+    """
+    host, pid_text, started = tags.get(OWNER_HOST), tags.get(OWNER_PID), tags.get(OWNER_STARTED)
+    if not host or not pid_text or host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    found = _process(pid)
+    if found is not None:
+        state, start = found
+        # A zombie (killed, not yet reaped) is dead; another start is another process
+        # that got the same pid.
+        return state not in ("Z", "X") and (not started or start == started)
+    try:
+        os.kill(pid, 0)  # signal 0: is there such a process (no signal is sent)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    except OSError:
+        return None
+    return True
 
 
 def git_commit(root: Path) -> str:
@@ -133,11 +208,13 @@ class Run:
 @contextmanager
 def start_run(params: Params, run_name: str | None = None) -> Iterator[Run]:
     """Open a run in the configured experiment; it ends (failed, if an exception
-    escapes) when the block does."""
+    escapes) when the block does. The run is created with its owner's tags
+    (:func:`run_owner`), so that a run left RUNNING by a killed process can be told
+    from a live one (:func:`slmops.tasks.registry.registration.resolve_leftovers`)."""
     import mlflow  # deferred: importing mlflow takes seconds
 
     configure(params)
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_name=run_name, tags=run_owner()) as run:
         yield Run(run.info.run_id)
 
 

@@ -37,6 +37,8 @@ from slmops.tasks.registry.promotion import (
     client,
     reconcile,
 )
+from slmops.tasks.registry.registration import resolve_leftovers
+from slmops.tasks.registry.store import Registry
 from tests.conftest import REPO, dvc_project, run
 from tests.tasks.registry.test_promotion import add_version, correctness
 
@@ -357,12 +359,22 @@ def test_evaluation_and_registration_killed_never_register_or_serve_a_mismatch(
     mc = client(params)
     versions = mc.search_model_versions(f"name='{name}'")
     assert [(str(v.version), v.tags["gate.decision"]) for v in versions] == [("1", "pending")]
+    assert versions[0].tags["registration"] == "pending"  # its run never ended
+    registry = Registry.of(params)
+    killed = registry.runs(params.registry.experiment, "RUNNING")
+    assert len(killed) == 2
 
-    registered = register_challenger(params)  # the re-run
-    assert registered.version == "2"
+    # The re-run: the same model, so the version the killed registration created is
+    # completed and returned (was: a second version of the same model); then the
+    # runs the kills left RUNNING are marked FAILED.
+    registered = register_challenger(params)
+    assert (registered.version, registered.reused) == ("1", True)
+    found = resolve_leftovers(params)
+    assert sorted(found.failed_runs) == sorted(r.run_id for r in killed)
+    assert registry.runs(params.registry.experiment, "RUNNING") == []
+    assert [v.version for v in registry.versions(name)] == ["1"]
+    assert registry.version(name, "1").tags["registration"] == "complete"
     _, promoted = apply(params, registered.version)
-    assert promoted and assert_consistent(params) == "2"
-    pending = mc.get_model_version(name, "1")
-    assert pending.tags["gate.decision"] == "pending"  # never gated, never served
+    assert promoted and assert_consistent(params) == "1"
     with pytest.raises(PromotionError, match="already the champion"):
-        apply(params, "2")
+        apply(params, "1")

@@ -33,10 +33,9 @@ def params(tmp_path: Path, monkeypatch):
     return parse_params(raw, tmp_path / "params.yaml", root=tmp_path)
 
 
-def add_version(params, correct: np.ndarray, tmp_path: Path, test_hash: str = "t1") -> str:
-    """Register a version whose run holds an evaluation with the given correctness."""
-    import mlflow
-
+def write_eval(tmp_path: Path, correct: np.ndarray) -> tuple[Path, dict]:
+    """An evaluation folder (report.json, predictions.csv) with the given correctness, in a
+    new folder under ``tmp_path``; returns it and the report."""
     y = np.array([LABELS[i % 3] for i in range(len(correct))])
     pred = np.where(correct, y, np.roll(y, 1))
     probs = np.full((len(y), 3), 0.1)
@@ -49,6 +48,14 @@ def add_version(params, correct: np.ndarray, tmp_path: Path, test_hash: str = "t
     pd.DataFrame({"text": [f"t{i}" for i in range(len(y))], "label": y, "pred": pred}).to_csv(
         folder / "predictions.csv", index=False
     )
+    return folder, report
+
+
+def add_version(params, correct: np.ndarray, tmp_path: Path, test_hash: str = "t1") -> str:
+    """Register a version whose run holds an evaluation with the given correctness."""
+    import mlflow
+
+    folder, report = write_eval(tmp_path, correct)
     mc = client(params)
     name = params.registry.model_name
     with mlflow.start_run() as run:
@@ -188,3 +195,23 @@ def test_two_challengers_gated_at_once_do_not_both_win(params, tmp_path):
         (v2, v1, True),
         (v3, v2, False),
     ]
+
+
+def test_a_refusal_judged_against_a_champion_since_replaced_is_judged_again(params, tmp_path):
+    """Refused against v1, but v1 was replaced (a forced v2, weaker) before the refusal
+    was recorded: judged again against v2, which it beats. (Was: a refusal recorded as
+    ``champion_before: v1, champion_after: v1`` while v2 served, a break in the ledger.)"""
+    good = correctness(300, 90)
+    v1 = add_version(params, good, tmp_path)
+    apply(params, v1)
+    weaker = good.copy()
+    weaker[np.flatnonzero(good)[:30]] = False  # v1 with 30 more errors
+    v2 = add_version(params, weaker, tmp_path)
+    v3 = add_version(params, good, tmp_path)  # as good as v1, no better
+    verdict = gate(params, v3)
+    assert not verdict.promoted and verdict.champion_before == v1
+    apply(params, v2, force=True)  # meanwhile
+    assert promote(params, verdict)  # judged again against v2
+    entries = ledger.read(params.path(params.registry.ledger))
+    chain = [(e["champion_before"], e["champion_after"]) for e in entries]
+    assert chain == [(None, v1), (v1, v2), (v2, v3)]  # each entry starts where the last ended
