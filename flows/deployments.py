@@ -4,7 +4,9 @@
 interval, ``monitor/scheduled`` on the interval (or cron) of the params file's
 ``monitoring`` section; all run on a work pool (a process pool is created when the server
 has none of that name) from the source of this checkout, and their parameters
-can be edited in the Prefect UI before a run (Run → Custom run). Run it with
+can be edited in the Prefect UI before a run (Run → Custom run). Each deployment runs
+one flow run at a time: a second one waits for the first (concurrency limit 1,
+collision strategy ENQUEUE; ``make deploy`` sets it). Run it with
 ``make deploy`` (or ``python -m slmops.flows.deployments --help``) once the services
 are up (``make services``) and ``PREFECT_API_URL`` points at the server.
 ``--params`` points the deployments at another project's ``params.yaml`` (its
@@ -23,6 +25,7 @@ from typing import Any
 from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.exceptions import ObjectNotFound
 
 from slmops.tasks.core.config import load_params
@@ -32,6 +35,10 @@ RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
 INGEST_ENTRYPOINT = "flows/ingest_feedback.py:ingest_feedback_flow"
 MONITOR_ENTRYPOINT = "flows/monitor.py:monitor"
 DEFAULT_POOL = "slmops-process"
+# One run of each deployment at a time; a run started while one is going waits in the
+# state AwaitingConcurrencySlot and starts after it (queued, never dropped). Each flow
+# writes shared state: the labeled data, the registry, the report folders.
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ def deploy_all(
             paused=paused,
             tags=["slmops"],
             work_pool_name=pool,
+            concurrency_limit=ONE_AT_A_TIME,
             **schedule,
         )
         deployed[f"{flow.name}/{name}"] = str(deployment.apply(work_pool_name=pool))

@@ -1,21 +1,28 @@
 """Prefect flow ``retrain``: the whole loop from labeled data to a (maybe) new champion.
 
-import pending labels → validate → split → train → evaluate → register →
-promotion gate → export (only when the gate promotes) → promote. The export
-runs after the gate has decided and before the ``champion`` alias moves, so the
-service never loads a champion whose formats are still being made; a failed
-export is reported (a warning in its task run, the version's ``format.*`` tags,
+resolve crash leftovers → import pending labels → validate → split → train →
+evaluate → register → promotion gate → export (only when the gate promotes) →
+promote. The export runs after the gate has decided and before the ``champion``
+alias moves, so the service never loads a champion whose formats are still being
+made; a failed export is reported (a warning in its task run, the version's ``format.*`` tags,
 the ledger entry, the run summary) and the promotion goes ahead, served in torch
 fp32. Parameters show in the Prefect UI; retries happen only on
 transient failures (connection errors, a locked database), never on bad data
 or a failed training run. A failing step names itself in the run's state
 message and the ``notify`` webhook is told (``flows/steps.py``); nothing after
 it runs, so the champion stays.
+
+The first step resolves what a killed registration left in the registry (a run
+left RUNNING, a version whose registration never completed:
+:mod:`slmops.tasks.registry.registration`); registration is idempotent, so a
+model registered before returns its version, and one that is the champion
+already (retrained on unchanged data) is not judged again.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger
@@ -27,6 +34,7 @@ from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core import notify
 from slmops.tasks.core.config import NotifyEvent, Params
 from slmops.tasks.core.redact import redact_uri
+from slmops.tasks.data.split import split_versions
 from slmops.tasks.pipeline.challenger import (
     data_versions,
     evaluate_challenger,
@@ -34,8 +42,10 @@ from slmops.tasks.pipeline.challenger import (
     train_challenger,
 )
 from slmops.tasks.pipeline.promote import export_formats
-from slmops.tasks.registry.promotion import gate, promote
-from slmops.tasks.registry.store import tracking_uri
+from slmops.tasks.pipeline.workspace import publish, run_workspace
+from slmops.tasks.registry.promotion import CHAMPION, gate, promote
+from slmops.tasks.registry.registration import resolve_leftovers
+from slmops.tasks.registry.store import Registry, tracking_uri
 
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
 
@@ -52,7 +62,29 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
+def _resolve(params: Params, who: str) -> dict[str, list[str]]:
+    """Resolve what a killed registration left; say in this task run's log what was."""
+    found = resolve_leftovers(params, who=who)
+    if found:
+        get_run_logger().warning(
+            "crash leftovers resolved: run(s) marked FAILED %s; version(s) completed %s; "
+            "version(s) failed %s",
+            found.failed_runs or "none",
+            found.completed or "none",
+            found.failed_versions or "none",
+        )
+    return asdict(found)
+
+
+resolve_task = step(
+    _resolve,
+    name="resolve-leftovers",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_transient,
+)
 train_task = step(train_challenger, name="train")
+publish_task = step(publish, name="publish-run")
 evaluate_task = step(evaluate_challenger, name="evaluate")
 register_task = step(
     register_challenger,
@@ -86,6 +118,12 @@ promote_task = step(
 )
 
 
+def _flow_run_id() -> str | None:
+    """This flow run's id (names the run's folder); None outside a flow run."""
+    context = FlowRunContext.get()
+    return str(context.flow_run.id)[:8] if context and context.flow_run else None
+
+
 def _formats_line(formats: dict[str, Any] | None) -> str:
     if formats is None:
         return "not exported (not promoted)"
@@ -94,6 +132,19 @@ def _formats_line(formats: dict[str, Any] | None) -> str:
     if formats.get("error"):
         return f"**export failed** ({formats['error']}): served in torch fp32"
     return f"`{formats['chosen']}` chosen"
+
+
+def _leftovers_line(found: dict[str, list[str]]) -> str:
+    parts = [
+        f"{what} {', '.join(found[key])}"
+        for key, what in (
+            ("failed_runs", "run(s) marked FAILED:"),
+            ("completed", "version(s) completed:"),
+            ("failed_versions", "version(s) failed:"),
+        )
+        if found.get(key)
+    ]
+    return "; ".join(parts) or "none"
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -114,6 +165,7 @@ def _summary(result: dict[str, Any]) -> str:
         f"- Data: labeled `{result['data']['labeled']}`, test `{result['data']['test']}`",
         f"- Serving formats: {_formats_line(result['formats'])}",
         f"- Imported label files: {', '.join(result['imported']) or 'none'}",
+        f"- Crash leftovers resolved: {_leftovers_line(result['leftovers'])}",
         f"- MLflow: run `{result['run_id']}` in {result['tracking_uri']} "
         f"(`mlflow ui --backend-store-uri {result['tracking_uri']}` → Models → {result['model']})",
     ]
@@ -148,24 +200,40 @@ def retrain(
     }
     params = load_params_step(params_path, profile, {"train": train_over, "gate": gate_rules or {}})
 
+    leftovers = resolve_task(params, who=f"prefect:retrain:{trigger}")
     imports = import_pending_task(params)
-    validate_task(params)
-    split_task(params)
-    trained = train_task(params, progress=False)
-    evaluated = evaluate_task(params)
-    registered = register_task(params, trigger=f"flow:{trigger}")
+    # The run's own folder for validation, split, checkpoints, model and evaluation: a
+    # second run at once cannot overwrite them; published once the version is registered.
+    with run_workspace(params, _flow_run_id()) as run:
+        validate_task(run.params)
+        split_task(run.params)
+        trained = train_task(run.params, progress=False)
+        evaluated = evaluate_task(run.params)
+        registered = register_task(run.params, trigger=f"flow:{trigger}")
+        data = split_versions(run.params) or data_versions(run.params)  # trained on
+        publish_task(run)
     who = f"prefect:retrain:{trigger}"
-    verdict = gate_task(params, registered.version, who=who)
-    formats = export_task(params, verdict.version) if verdict.promoted else None
-    promoted = promote_task(params, verdict, who=who, formats=formats)
-    decision = verdict.decision
+    name = params.registry.model_name
+    if registered.reused and Registry.of(params).alias(name, CHAMPION) == registered.version:
+        # The same model as the one serving (nothing changed since it was trained):
+        # nothing to judge, nothing to export or move.
+        summary = (
+            f"refuse: version {registered.version} is the champion already "
+            "(the same model was trained again)"
+        )
+        formats, promoted = None, False
+    else:
+        verdict = gate_task(params, registered.version, who=who)
+        formats = export_task(params, verdict.version) if verdict.promoted else None
+        promoted = promote_task(params, verdict, who=who, formats=formats)
+        summary = verdict.decision.summary
 
     result = {
         "model": params.registry.model_name,
         "version": registered.version,
         "run_id": registered.run_id,
         "promoted": promoted,
-        "decision": decision.summary,
+        "decision": summary,
         "formats": formats,
         "metrics": evaluated.metrics,
         "epochs_run": trained.epochs_run,
@@ -173,14 +241,15 @@ def retrain(
         "train_examples": trained.train_examples,
         "train_seconds": trained.seconds,
         "device": trained.device,
-        "data": data_versions(params),
+        "data": data,
         "imported": [s.source for s in imports],
+        "leftovers": leftovers,  # what a killed registration had left, now resolved
         "tracking_uri": redact_uri(tracking_uri(params)),  # never a password
     }
     create_markdown_artifact(
         markdown=_summary(result), key="retrain-summary", description="Retrain run summary"
     )
-    logger.info(decision.summary)
+    logger.info(summary)
     context = FlowRunContext.get()
     notify.send(
         params,

@@ -21,7 +21,8 @@ from typing import Any
 from uuid import UUID
 
 from prefect import Flow, Task, get_run_logger, task
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging.handlers import APILogHandler
 from prefect.states import Failed, State, get_state_exception
 from prefect.utilities.hashing import file_hash
 
@@ -163,13 +164,38 @@ def notify_failure(flw: Flow, flow_run: Any, state: State) -> None:
         log.warning("failure notification not sent: %s", type(exc).__name__)
 
 
+class _RunLogHandler(APILogHandler):
+    """The steps' own log lines (``slmops.tasks``: waiting for the project lock, holding
+    it, a version registered) in the flow run's log, as the Prefect UI and API show it;
+    a line logged outside any run (a CLI command in the same process) is not sent."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
+        super().emit(record)
+
+
+def _steps_log_to_run() -> None:
+    """Send ``slmops.tasks`` INFO lines to the run's log (once per process). Prefect's
+    root logger passes only warnings: without this a deployed run would never show
+    that it waited for another run's lock."""
+    logger = logging.getLogger("slmops.tasks")
+    with _lock:
+        if not any(isinstance(h, _RunLogHandler) for h in logger.handlers):
+            logger.addHandler(_RunLogHandler())
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 def pipeline_flow(*, name: str, **options: Any) -> Callable[[Callable[..., Any]], Flow]:
     """``@flow`` for the pipeline's flows: a failure ends the run Failed with
-    :func:`failure_message` and calls :func:`notify_failure`."""
+    :func:`failure_message` and calls :func:`notify_failure`; the steps' INFO log lines
+    go to the run's log (:func:`_steps_log_to_run`)."""
 
     def make(fn: Callable[..., Any]) -> Flow:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
+            _steps_log_to_run()
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:

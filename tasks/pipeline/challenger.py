@@ -16,17 +16,25 @@ from typing import Any
 
 from slmops.tasks.core.config import Params
 from slmops.tasks.core.errors import DataError
+from slmops.tasks.core.lock import project_lock
 from slmops.tasks.data.dataset import (
-    LabeledPaths,
     load_label_set,
     read_table,
     read_test,
     write_json_atomic,
 )
-from slmops.tasks.data.versioning import data_hash
+from slmops.tasks.data.split import data_versions, split_versions
 from slmops.tasks.model.evaluate import METRICS_FILE, REPORT_FILE, EvalResult, evaluate_model
 from slmops.tasks.model.inference import Predictor
 from slmops.tasks.model.train import train_model
+from slmops.tasks.registry.registration import (
+    PENDING,
+    TAG_DIGEST,
+    TAG_REGISTRATION,
+    find_registered,
+    mark_complete,
+)
+from slmops.tasks.registry.store import Registry
 from slmops.tasks.registry.tracking import (
     actor,
     flatten,
@@ -50,6 +58,7 @@ class Registered:
     run_id: str
     version: str
     model_uri: str
+    reused: bool = False  # the same model was registered before: its version, no new one
 
 
 def _splits(params: Params):
@@ -70,18 +79,6 @@ def model_digest(model_dir: Path) -> str:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return "sha256:" + h.hexdigest()
-
-
-def data_versions(params: Params) -> dict[str, str]:
-    """DVC hashes of the labeled data and the test split (empty when not tracked)."""
-    paths = LabeledPaths(params)
-    out = {}
-    for key, folder in (("labeled", paths.dir), ("test", paths.test_dir)):
-        try:
-            out[key] = data_hash(folder)
-        except DataError:
-            out[key] = ""
-    return out
 
 
 def train_challenger(
@@ -113,7 +110,9 @@ def train_challenger(
             "train_examples": result.train_examples,
             "seconds": round(result.seconds, 1),
             "params": result.params,
-            "data": data_versions(params),
+            # What the split was carved from (not the workspace now: an ingestion may
+            # have landed while this run trained).
+            "data": split_versions(params) or data_versions(params),
         },
         result.model_dir / TRAINING_FILE,
     )
@@ -153,6 +152,13 @@ def register_challenger(
     The run records params, per-epoch metrics, test metrics, the DVC hashes of
     the training and test data, the git commit, the evaluation files and the
     model (transformers flavour, safetensors) with a signature and input example.
+
+    Idempotent: when this model (its :func:`model_digest`) is already registered,
+    evaluated on the same test split, that version is returned (``reused``) and
+    nothing new is logged; a version whose earlier registration was killed after
+    it was created is completed first
+    (:mod:`slmops.tasks.registry.registration`). The version is tagged
+    ``registration: pending`` when created and ``complete`` once its run has ended.
     """
     model_dir = params.path(params.train.output_dir)
     eval_dir = params.path(params.evaluate.output_dir)
@@ -162,7 +168,8 @@ def register_challenger(
         evaluated = json.loads((eval_dir / REPORT_FILE).read_text()).get("model")
     except FileNotFoundError as exc:
         raise DataError(f"{exc.filename}: missing; train and evaluate before registering") from None
-    if evaluated != model_digest(model_dir):
+    digest = model_digest(model_dir)
+    if evaluated != digest:
         # An evaluation of an earlier model, or one killed before it wrote report.json.
         raise DataError(
             f"{eval_dir}: the evaluation is not of the model in {model_dir} "
@@ -170,15 +177,40 @@ def register_challenger(
             "run `slmops evaluate` before registering"
         )
     data = training.get("data") or data_versions(params)
-    if data != data_versions(params):
+    # The model must be of the split in the workspace, evaluated on the test split in
+    # the workspace. The labeled data may have moved on since the split (an ingestion
+    # while this run trained): the version is tagged with the data it was trained on,
+    # a version DVC and git keep. A split from before splits recorded their data: the
+    # labeled data must not have moved either.
+    now, split = data_versions(params), split_versions(params)
+    if data != (split or now) or data["test"] != now["test"]:
         raise DataError(
-            f"{model_dir}: trained on data {data} but the workspace has {data_versions(params)}; "
-            "retrain before registering"
+            f"{model_dir}: trained on data {data} but the split is of {split or now} and "
+            f"the workspace's test split is {now['test']!r}; retrain before registering"
         )
+    name = params.registry.model_name
+    registry = Registry.configured(params)
+    who = actor()
+    found = find_registered(registry, name, digest, data["test"], who=who)
+    if found is not None:
+        log.info("%s version %s is this model (%s) already: reused", name, found.version, digest)
+        return Registered(found.run_id, found.version, found.uri, reused=True)
     commit = git_commit(params.root)
     train, _ = _splits(params)
     test = read_test(params)
     task = task_type(params)
+    version_tags = {
+        "data.labeled_hash": data["labeled"],
+        "data.test_hash": data["test"],
+        "git.commit": commit,
+        "metrics.accuracy": str(metrics["accuracy"]),
+        "metrics.macro_f1": str(metrics["macro_f1"]),
+        **({"metrics.f1": str(metrics["f1"])} if "f1" in metrics else {}),
+        "task": task.name.value,
+        "gate.decision": "pending",
+        TAG_DIGEST: digest,
+        TAG_REGISTRATION: PENDING,  # complete once the run has ended
+    }
     with start_run(params, run_name=run_name) as run:
         run.set_tags(
             {
@@ -219,19 +251,15 @@ def register_challenger(
         run.log_artifacts(eval_dir, artifact_path="eval")
         run.log_artifact(model_dir / TRAINING_FILE)
         logged = log_model(model_dir, input_example=test["text"].head(2).tolist(), task=task)
-        version = register(
-            logged.model_uri,
-            params.registry.model_name,
-            tags={
-                "data.labeled_hash": data["labeled"],
-                "data.test_hash": data["test"],
-                "git.commit": commit,
-                "metrics.accuracy": str(metrics["accuracy"]),
-                "metrics.macro_f1": str(metrics["macro_f1"]),
-                **({"metrics.f1": str(metrics["f1"])} if "f1" in metrics else {}),
-                "task": task.name.value,
-                "gate.decision": "pending",
-            },
-        )
-    log.info("registered %s version %s (run %s)", params.registry.model_name, version, run.id)
+        # The lookup again and the registration as one step: a twin registering the
+        # same model meanwhile gets one version, not two.
+        with project_lock(params, "register"):
+            found = find_registered(registry, name, digest, data["test"], who=who)
+            if found is not None:
+                run.set_tags({"slmops.duplicate_of": f"{name} version {found.version}"})
+                log.info("%s version %s was registered meanwhile: reused", name, found.version)
+                return Registered(found.run_id, found.version, found.uri, reused=True)
+            version = register(logged.model_uri, name, tags=version_tags)
+    mark_complete(registry, name, version)  # the run has ended: nothing left to do
+    log.info("registered %s version %s (run %s)", name, version, run.id)
     return Registered(run.id, version, logged.model_uri)

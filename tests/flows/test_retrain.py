@@ -40,6 +40,11 @@ def test_retrain_promotes_then_refuses_then_force_and_rollback_are_recorded(proj
     assert pipe("my card has not arrived")[0]["label"] in TINY_LABELS
     metrics = json.loads((project / "reports" / "eval" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(first["metrics"]["accuracy"])
+    # The run worked in a folder of its own, published over the shared paths once
+    # registered, then removed: nothing piles up under models/runs.
+    assert (project / "models" / "challenger" / "config.json").exists()
+    assert json.loads((project / "data" / "splits" / "data.json").read_text()) == first["data"]
+    assert list((project / "models" / "runs").iterdir()) == []
     # The export step ran before the alias moved: the champion has its serving formats.
     assert v1.tags["format.export"] == "ok" and v1.tags["format.chosen"]
     assert first["formats"]["chosen"] == v1.tags["format.chosen"]

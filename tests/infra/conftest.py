@@ -97,6 +97,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         MLFLOW_PORT=str(mlflow_port),
         MLFLOW_BACKEND_STORE_URI=f"sqlite:///{base / 'mlflow' / 'mlflow.db'}",
         MLFLOW_ARTIFACTS_DESTINATION=str(base / "mlflow" / "artifacts"),
+        # A run queued behind a deployment's concurrency limit asks again after 5 s
+        # (Prefect's default: 30 s), so the one-at-a-time test waits less.
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
     )
     s = Stack(
         project=project,

@@ -1,18 +1,33 @@
-"""The project lock: runs take turns, in one process or several; nesting is fine."""
+"""The project lock: runs take turns, in one process or several, and on several machines
+that share a Postgres feedback store; nesting is fine."""
 
 from __future__ import annotations
 
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from filelock import Timeout
 
 from slmops.tasks.core.config import parse_params
-from slmops.tasks.core.lock import LOCK_FILE, project_lock
+from slmops.tasks.core.lock import (
+    LOCK_FILE,
+    AdvisoryLockTimeout,
+    advisory_key,
+    project_lock,
+    uses_postgres,
+)
 from tests.conftest import REPO
 
 
@@ -79,3 +94,154 @@ def test_another_process_waits_for_the_lock(params, caplog):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_outermost_hold_is_logged_once(params, caplog):
+    with (
+        caplog.at_level("INFO", logger="slmops.tasks.core.lock"),
+        project_lock(params, "outer"),
+        project_lock(params, "inner"),
+    ):
+        pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "outer: holding the project lock"
+    assert lines[1].startswith("outer: released the project lock (held ")
+    assert len(lines) == 2  # the inner one is part of the outer hold
+
+
+def test_the_advisory_key_is_the_projects_and_only_postgres_uses_it(tmp_path):
+    def of(**sections):
+        return parse_params(sections, tmp_path / "params.yaml", root=tmp_path)
+
+    a, b = of(registry={"model_name": "intent"}), of(registry={"model_name": "ner"})
+    assert advisory_key(a) == advisory_key(of(registry={"model_name": "intent"}))
+    assert advisory_key(a) != advisory_key(b)
+    assert -(2**63) <= advisory_key(a) < 2**63  # a Postgres bigint
+    assert not uses_postgres(a)  # the default SQLite store: the file lock alone
+    assert uses_postgres(of(feedback={"db_url": "postgresql+psycopg://u@db/feedback"}))
+
+
+# ------------------------------------------------------------------ Postgres
+
+
+def _pg_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (a free port, a temporary folder),
+    stopped and removed afterwards. Postgres refuses to run as root: under root its
+    binaries run as the ``postgres`` user (or ``nobody``)."""
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql"
+        )
+    as_user: dict = {}
+    folder = Path(tempfile.mkdtemp(prefix="slmops-pg-"))
+    if os.geteuid() == 0:
+        for name in ("postgres", "nobody"):
+            try:
+                user = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            os.chown(folder, user.pw_uid, user.pw_gid)
+            break
+        else:
+            shutil.rmtree(folder)
+            pytest.skip("running as root and no non-root user (postgres, nobody) to run Postgres")
+    data, port = folder / "data", _free_port()
+
+    def pg(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, cwd=folder, capture_output=True, text=True, timeout=120, check=False, **as_user
+        )
+
+    try:
+        made = pg(initdb, "-D", str(data), "-U", "slmops", "-A", "trust", "--no-sync", "-E", "UTF8")
+        assert made.returncode == 0, made.stdout + made.stderr
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
+        started = pg(
+            pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"postgresql+psycopg://slmops@127.0.0.1:{port}/postgres"
+    finally:
+        pg(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+PG_HOLD = """
+import sys, time
+from pathlib import Path
+from slmops.tasks.core.config import parse_params
+from slmops.tasks.core.lock import project_lock
+root = Path(sys.argv[1])
+params = parse_params({"feedback": {"db_url": sys.argv[2]}}, root / "params.yaml", root=root)
+with project_lock(params, "machine A"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+    print(time.time(), flush=True)  # the moment it lets go
+"""
+
+
+def _machine(tmp_path: Path, name: str, url: str):
+    root = tmp_path / name  # another checkout: another lock file, the same database
+    root.mkdir()
+    return parse_params({"feedback": {"db_url": url}}, root / "params.yaml", root=root)
+
+
+def _hold(root: Path, url: str, seconds: float) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", PG_HOLD, str(root), url, str(seconds)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_two_machines_sharing_the_postgres_store_take_turns(postgres_url, tmp_path, caplog):
+    a = _machine(tmp_path, "a", postgres_url)
+    b = _machine(tmp_path, "b", postgres_url)
+    holder = _hold(a.root, postgres_url, 1.5)
+    try:
+        # Machine B's file lock is free (its own checkout): only Postgres can hold it back.
+        with (
+            pytest.raises(AdvisoryLockTimeout, match=r"was not acquired in 0\.3 s"),
+            project_lock(b, "impatient", timeout=0.3),
+        ):
+            pass
+        with (
+            caplog.at_level("INFO", logger="slmops.tasks.core.lock"),
+            project_lock(b, "patient"),
+        ):
+            got = time.time()
+        released = float(holder.stdout.readline())
+        assert got >= released  # got it only once machine A let go
+        assert "patient: waiting for another run to finish with the data (Postgres" in caplog.text
+        assert (b.root / LOCK_FILE).exists()  # and the file lock too
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_the_postgres_lock_free(postgres_url, tmp_path):
+    a = _machine(tmp_path, "a", postgres_url)
+    b = _machine(tmp_path, "b", postgres_url)
+    holder = _hold(a.root, postgres_url, 600)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with project_lock(b, "next", timeout=10):  # Postgres ended the dead session's lock
+        pass
