@@ -30,6 +30,7 @@ from slmops.tasks.data.dataset import (
     QUARANTINE_COLUMNS,
     REQUIRED_COLUMNS,
     LabeledPaths,
+    escape_formulas,
     load_label_set,
     normalise,
     read_table,
@@ -396,13 +397,17 @@ def _value(frame: pd.DataFrame, row: int, column: str) -> Any:
 
 
 def write_outputs(result: ValidationResult, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``quarantine.csv`` (rows set aside, with reasons)."""
+    """Write ``report.json`` and ``quarantine.csv`` (rows set aside, with reasons).
+
+    ``quarantine.csv`` is for people: its cells are escaped for spreadsheets
+    (:func:`escape_formulas`; marked, so a fixed copy imports back unchanged).
+    """
     report = out_dir / "report.json"
     quarantine = out_dir / "quarantine.csv"
     write_json_atomic(result.report(), report)
     columns = [*result.quarantined.columns.difference(QUARANTINE_COLUMNS, sort=False)]
     ordered = [c for c in QUARANTINE_COLUMNS if c in result.quarantined.columns] + columns
-    write_csv_atomic(result.quarantined[ordered], quarantine)
+    write_csv_atomic(escape_formulas(result.quarantined[ordered], mark=True), quarantine)
     return report, quarantine
 
 

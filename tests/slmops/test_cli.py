@@ -183,3 +183,44 @@ def test_next_steps_name_the_chosen_projects_paths(tiny_project, monkeypatch):
     monkeypatch.chdir(tiny_project)
     text = next_steps(load_params(Path("params.yaml")), Path("params.yaml"))
     assert "`slmops models`" in text and "`git diff data/labeled.dvc`" in text
+
+
+def test_feedback_prune_counts_then_deletes_old_predictions_without_feedback(
+    tiny_project, monkeypatch, capsys
+):
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.feedback.store import FeedbackStore, NewPrediction, predictions_table
+
+    monkeypatch.chdir(tiny_project)
+    params = load_params(tiny_project / "params.yaml")
+    with FeedbackStore.from_params(params) as store:
+        old, recent = store.log_predictions(
+            [NewPrediction(t, "card_arrival", 0.5, [], "m", "1") for t in ("old", "new")]
+        )
+        with store.engine.begin() as conn:
+            conn.execute(
+                predictions_table.update()
+                .where(predictions_table.c.id == old)
+                .values(created_at=datetime.now(UTC) - timedelta(days=31))
+            )
+
+        code, output = cli(monkeypatch, capsys, "feedback", "prune", "--dry-run")
+        assert code == 0, output
+        assert "1 prediction(s) without feedback older than 30 day(s)" in output
+        assert "would be deleted (dry run)" in output
+        assert store.get_prediction(old) is not None
+
+        code, output = cli(monkeypatch, capsys, "feedback", "prune")
+        assert code == 0 and "1 prediction(s)" in output and output.rstrip().endswith("deleted")
+        assert store.get_prediction(old) is None and store.get_prediction(recent) is not None
+
+        raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+        raw["feedback"] = {"retention_days": None}
+        (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
+        code, output = cli(monkeypatch, capsys, "feedback", "prune")
+        assert code == 0 and "kept forever" in output
+        assert store.get_prediction(recent) is not None

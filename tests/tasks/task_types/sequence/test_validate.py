@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from slmops.tasks.core.config import Params, parse_params
+from slmops.tasks.labels.sources import read_votes
 from slmops.tasks.pipeline.prepare import validate_file
+from slmops.tasks.task_types import LABEL_FORMATS
 from slmops.tasks.task_types.sequence.validate import CHECKS, validate_frame
 from slmops.tasks.validation.gate import write_outputs
 
@@ -127,6 +129,20 @@ def test_row_failing_several_checks_lists_every_reason():
     assert result.quarantined.loc[0, "check"] == "text_length,label_in_set"
     assert "text length 1" in result.quarantined.loc[0, "reason"]
     assert "'nope'" in result.quarantined.loc[0, "reason"]
+
+
+def test_the_quarantine_report_is_safe_in_a_spreadsheet_and_imports_back(tmp_path: Path):
+    df = _with(1, text='=HYPERLINK("https://evil.example") my card?', label="nope")
+    result = validate_frame(df, params(), LABELS)
+    _, quarantine_path = write_outputs(result, tmp_path)
+    quarantine = pd.read_csv(quarantine_path, dtype=str, keep_default_na=False)
+    assert quarantine.loc[0, "text"] == '\'=HYPERLINK("https://evil.example") my card?'
+    assert quarantine.loc[0, "formula_escape"] == "quote"
+    # Fixed and imported, the row carries the original text.
+    quarantine.loc[0, "label"] = "card_arrival"
+    quarantine.to_csv(quarantine_path, index=False)
+    votes = read_votes(quarantine_path, params().label_import, LABEL_FORMATS).votes
+    assert votes["text"].tolist() == ['=HYPERLINK("https://evil.example") my card?']
 
 
 def test_report_quarantine_and_data_docs_are_written(tmp_path: Path):

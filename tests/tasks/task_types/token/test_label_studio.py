@@ -198,6 +198,7 @@ def test_several_annotators_vote_through_resolve_votes(tmp_path: Path) -> None:
             "annotator_count": 3,
             "agreement": 0.6667,
             "source_id": "1",
+            "annotators": "1,2,3",
         }
     ]
     assert quarantined[["source_id", "label", "reason"]].to_dict("records") == [
