@@ -2,8 +2,9 @@
 
 Reads the feedback after the watermark, merges it into the labeled data as a
 new DVC version (gate, conflicts, provenance; see ``tasks/feedback/ingest.py``),
-records the champion's live accuracy, and triggers ``retrain`` when a
-threshold is crossed: as a run of the ``retrain`` deployment when the Prefect
+records the champion's live accuracy, deletes the predictions older than
+``feedback.retention_days`` that never got feedback, and triggers ``retrain``
+when a threshold is crossed: as a run of the ``retrain`` deployment when the Prefect
 API has one (a server with ``make deploy``), else as a subflow.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, State
 
 from slmops.flows.retrain import retrain
 from slmops.flows.steps import load_params_step, pipeline_flow, step
@@ -24,6 +26,7 @@ from slmops.tasks.feedback.ingest import (
     retrain_reason,
     watermark,
 )
+from slmops.tasks.feedback.retention import RetentionResult, apply_retention
 from slmops.tasks.feedback.store import FeedbackStore
 from slmops.tasks.pipeline.prepare import ingest_feedback
 from slmops.tasks.registry.tracking import record_live_accuracy
@@ -40,6 +43,13 @@ def ingest_task(params, limit: int | None) -> IngestResult:
 def live_task(params, live: dict[str, dict[str, float]]) -> None:
     """Tag each served model version with its accuracy on this feedback."""
     record_live_accuracy(params, live)
+
+
+@step(name="prune-predictions")
+def prune_task(params) -> RetentionResult:
+    """Delete the predictions older than ``feedback.retention_days`` that never got feedback."""
+    with FeedbackStore.from_params(params) as store:
+        return apply_retention(params, store)
 
 
 def _deployment_exists(name: str) -> bool:
@@ -77,7 +87,29 @@ def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str
     return {"mode": "subflow", **{k: result[k] for k in ("version", "promoted", "decision")}}
 
 
-def _summary(result: IngestResult, reason: str | None, triggered: dict | None) -> str:
+def _set_aside_lines(result: IngestResult) -> list[str]:
+    """What the feedback policy and the data set's checks kept out of the data."""
+    lines = []
+    if result.undone is not None and result.undone.changed:
+        u = result.undone
+        lines.append(
+            f"- Revoked feedback undone: {u.relabeled} label(s) changed, {u.removed} text(s) "
+            f"removed, {u.revised} revised"
+        )
+    if result.conflicts:
+        lines.append(
+            f"- Conflicts queue: {result.conflicts} row(s) wait for more reviewers or a person "
+            "(`slmops feedback conflicts`)"
+        )
+    if result.dead_letters:
+        lines.append(f"- Dead-lettered: {len(result.dead_letters)} text(s), never retried:")
+        lines += [f"  - feedback {d.source_id}: {d.reason}" for d in result.dead_letters[:20]]
+    return lines
+
+
+def _summary(
+    result: IngestResult, reason: str | None, triggered: dict | None, pruned: RetentionResult
+) -> str:
     s = result.summary
     lines = [
         f"# Feedback ingestion: ids {result.watermark_before + 1}-{result.watermark_after}"
@@ -91,10 +123,16 @@ def _summary(result: IngestResult, reason: str | None, triggered: dict | None) -
             f"- Labeled data: {s.added} added, {s.corrected} corrected, {s.unchanged} unchanged, "
             f"{s.quarantined} quarantined"
         )
+    lines += _set_aside_lines(result)
     if result.version:
         lines.append(f"- Data version: `{result.version}`; git commit `{result.commit or '-'}`")
     for version, m in result.live.items():
         lines.append(f"- Live accuracy of version {version}: {m['accuracy']:.4f} on {m['n']} rows")
+    if pruned.retention_days is not None:
+        lines.append(
+            f"- Retention: {pruned.rows} prediction(s) without feedback older than "
+            f"{pruned.retention_days} day(s) deleted"
+        )
     lines.append(f"- Retrain: {reason or 'no threshold crossed'}")
     if triggered:
         lines.append(f"- Triggered: {triggered}")
@@ -107,17 +145,19 @@ def ingest_feedback_flow(
     profile: str | None = None,
     trigger_retrain: bool = True,
     limit: int | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Ingest new feedback into the labeled data; retrain when a threshold is crossed.
 
     ``limit`` caps the feedback rows taken in one run; ``trigger_retrain``
-    false only reports whether a retrain is due.
+    false only reports whether a retrain is due. When feedback was dead-lettered the
+    run ends Completed with a message saying so (calling the flow still returns the dict).
     """
     logger = get_run_logger()
     params = load_params_step(params_path, profile)
     result = ingest_task(params, limit)
     if result.live:
         live_task(params, result.live)
+    pruned = prune_task(params)
     with FeedbackStore.from_params(params) as store:
         pending = labels_since_retrain(params, store)
         reason = retrain_reason(params, pending, result.live)
@@ -134,11 +174,11 @@ def ingest_feedback_flow(
         reason or "no retrain due",
     )
     create_markdown_artifact(
-        markdown=_summary(result, reason, triggered),
+        markdown=_summary(result, reason, triggered, pruned),
         key="ingest-feedback-summary",
         description="Feedback ingestion summary",
     )
-    return {
+    outcome = {
         "read": result.read,
         "already_in_data": result.already_in_data,
         "added": result.summary.added if result.summary else 0,
@@ -151,4 +191,14 @@ def ingest_feedback_flow(
         "pending_labels": pending,
         "retrain_reason": reason,
         "retrain": triggered,
+        "pruned_predictions": pruned.rows,
+        "conflicts": result.conflicts,
+        "dead_lettered": len(result.dead_letters),
+        "skipped": result.skipped,
     }
+    if result.dead_letters:
+        # The run succeeded, but its state says what it set aside (the UI shows it).
+        message = f"{len(result.dead_letters)} feedback text(s) dead-lettered; see the summary"
+        logger.warning(message)
+        return Completed(message=message, data=outcome)
+    return outcome

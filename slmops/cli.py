@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +54,18 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="The labeled dataset and the frozen test split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+feedback_app = typer.Typer(
+    help="The feedback store: what the service recorded and reviewers said.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
+keys_app = typer.Typer(
+    help="API keys of the prediction service: one per principal (a person, a team, an "
+    "application), each with a role. client: /predict and the other reads (when "
+    "serve.protect_reads is on); reviewer: also /feedback and /review; admin: also "
+    "/admin/reload. Stored as salted hashes in the feedback database (feedback.db_url).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -318,13 +332,22 @@ def evaluate(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
 
 @app.command()
 def register(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
-    """Log the trained and evaluated model to MLflow and register a new version."""
+    """Log the trained and evaluated model to MLflow and register a new version (the
+    version already registered, when it is the same model)."""
     # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.challenger import register_challenger
+    from slmops.tasks.registry.registration import resolve_leftovers  # deferred: mlflow
 
     p = _params_profile(params, profile)
+    resolve_leftovers(p)  # what a killed registration left
     r = register_challenger(p)
-    out.print(f"registered {p.registry.model_name} version {r.version} (run {r.run_id})")
+    if r.reused:
+        out.print(
+            f"{p.registry.model_name} version {r.version} is this model already "
+            f"(run {r.run_id}): nothing new registered"
+        )
+    else:
+        out.print(f"registered {p.registry.model_name} version {r.version} (run {r.run_id})")
     out.print(f"gate it with: slmops promote --version {r.version}")
 
 
@@ -338,14 +361,19 @@ def promote(
     params: ParamsOpt = None,
 ) -> None:
     """Gate a version against the champion; if it passes, export its serving formats and
-    make it the champion."""
+    make it the champion.
+
+    A version whose registration was interrupted is completed first when its files
+    are intact; otherwise the command says why not and how to remove it.
+    """
     # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.promote import promote_version
+    from slmops.tasks.registry.registration import resolve_leftovers  # deferred: mlflow
 
+    p = _params(params)
+    resolve_leftovers(p)  # what a killed registration left
     # The gate, the export of the version's serving formats, then the alias move.
-    decision, promoted = promote_version(
-        _params(params), version, force=force, action="manual", note=reason
-    )
+    decision, promoted = promote_version(p, version, force=force, action="manual", note=reason)
     for check in decision.checks:
         mark = "[green]pass[/]" if check["passed"] else "[red]fail[/]"
         out.print(f"  {mark} {check['rule']}: {check.get('detail', '')}")
@@ -372,15 +400,32 @@ def rollback(
 
 
 @app.command()
-def models(params: ParamsOpt = None) -> None:
-    """Compare registered versions: test metrics, data versions, gate outcome, aliases."""
+def models(
+    delete: Annotated[
+        str | None,
+        typer.Option(
+            "--delete",
+            metavar="N",
+            help="Remove version N, whose registration failed or never completed "
+            "(a complete version is never removed).",
+        ),
+    ] = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Compare registered versions: test metrics, data versions, gate outcome, aliases,
+    and registrations left pending or failed by a crash."""
     # deferred: pandas; keeps --help fast
     import pandas as pd
 
     # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.registry.promotion import versions_table
+    from slmops.tasks.registry.registration import remove_version  # deferred: mlflow
 
     p = _params(params)
+    if delete is not None:
+        remove_version(p, delete)
+        out.print(f"removed {p.registry.model_name} version {delete}")
+        return
     df = versions_table(p)
     if df.empty:
         out.print(f"no versions of {p.registry.model_name} registered yet")
@@ -393,6 +438,7 @@ def models(params: ParamsOpt = None) -> None:
         "labeled_data": "labeled data",
         "test_data": "test data",
         "gate": "gate",
+        "registration": "registration",
         "created": "created (UTC)",
     }
     table = Table(title=p.registry.model_name, title_justify="left", box=box.SIMPLE_HEAD)
@@ -408,7 +454,14 @@ def models(params: ParamsOpt = None) -> None:
         cells["test_data"] = cells["test_data"][:8]
         table.add_row(*(str(v) for v in cells.values()))
     # Piped output gets rich's 80-column default, too narrow for this table.
-    (out if out.is_terminal else Console(width=120)).print(table)
+    (out if out.is_terminal else Console(width=140)).print(table)
+    unfinished = df.loc[df["registration"] != "complete", "version"].tolist()
+    if unfinished:
+        out.print(
+            f"registration not complete (a crash midway): version(s) "
+            f"{', '.join(map(str, unfinished))}; `slmops promote --version N` completes one "
+            "whose files are intact (or says why not), `slmops models --delete N` removes it"
+        )
 
 
 @app.command()
@@ -456,13 +509,111 @@ def serve(
 ) -> None:
     """Serve the champion over HTTP (OpenAPI docs at /docs); follows the alias when it moves.
 
-    Write endpoints (/feedback, /admin/reload) need the token from the
-    environment variable named by serve.token_env (SLMOPS_API_TOKEN).
+    /feedback and /review need a reviewer key, /admin/reload an admin key (`slmops keys
+    add`); the shared token of serve.token_env (SLMOPS_API_TOKEN) is an admin key.
     """
     # deferred: pulls FastAPI and torch; keeps --help fast
     from slmops.serving.app import run
 
     run(_params(params), host=host, port=port)
+
+
+ROLES_HELP = (
+    "client (/predict and the other reads, when serve.protect_reads is on), reviewer "
+    "(also /feedback and /review), or admin (also /admin/reload)."
+)
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The principal: recorded as the reviewer of its feedback and with its "
+            "predictions (letters, digits, '.', '_', '@', '-'; one active key per name)."
+        ),
+    ],
+    role: Annotated[str, typer.Option("--role", help=ROLES_HELP, show_default=False)],
+    params: ParamsOpt = None,
+) -> None:
+    """Make an API key for NAME with a role, and print it once.
+
+    Only a salted hash is stored: the key cannot be shown again (lost: revoke, add another).
+
+    Clients send it as `Authorization: Bearer <key>`; a running service accepts it at once.
+    """
+    # deferred: pulls SQLAlchemy; keeps --help fast
+    from slmops.tasks.feedback.keys import ApiKeyError, KeyStore
+
+    with KeyStore.from_params(_params(params)) as keys:
+        try:
+            key, secret = keys.add(name, role, created_by=f"cli:{getpass.getuser()}")
+        except ApiKeyError as exc:
+            raise _fail(str(exc)) from None
+    err.print(
+        f"API key of {escape(key.name)!r} (role {key.role}, id {key.id}); it will not be "
+        "shown again, store it now:",
+        highlight=False,
+    )
+    # The key alone on stdout, so that `KEY=$(slmops keys add ...)` captures just it.
+    out.print(secret, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(params: ParamsOpt = None) -> None:
+    """List the API keys: principal, role, id, when made and by whom, when revoked.
+
+    Never the keys or their hashes.
+    """
+    # deferred: pulls SQLAlchemy; keeps --help fast
+    from slmops.tasks.feedback.keys import KeyStore
+
+    with KeyStore.from_params(_params(params)) as keys:
+        rows = keys.keys()
+    if not rows:
+        out.print("no API keys yet: `slmops keys add NAME --role reviewer` makes one")
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("name", "role", "id", "created (UTC)", "created by", "revoked (UTC)"):
+        table.add_column(column)
+    for k in rows:
+        table.add_row(
+            escape(k.name),
+            k.role.value,
+            k.id,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            escape(k.created_by or "-"),
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name_or_id: Annotated[
+        str, typer.Argument(metavar="NAME|ID", help="The principal, or the key id.")
+    ],
+    params: ParamsOpt = None,
+) -> None:
+    """Revoke the active key of a principal (or the key with that id).
+
+    A running service refuses it within 5 seconds (its key cache).
+
+    The principal's feedback stays: `slmops feedback revoke --reviewer NAME` withdraws it.
+    """
+    # deferred: pulls SQLAlchemy; keeps --help fast
+    from slmops.tasks.feedback.keys import KEY_CACHE_SECONDS, ApiKeyError, KeyStore
+
+    with KeyStore.from_params(_params(params)) as keys:
+        try:
+            key = keys.revoke(name_or_id)
+        except ApiKeyError as exc:
+            raise _fail(str(exc)) from None
+    out.print(
+        f"revoked the key {key.id} of {escape(key.name)!r} (role {key.role}); a running "
+        f"service refuses it within {KEY_CACHE_SECONDS:g} s",
+        highlight=False,
+    )
 
 
 @app.command("export-review")
@@ -476,20 +627,31 @@ def export_review(
     limit: Annotated[
         int | None, typer.Option(min=1, help="At most this many (serve.review_limit).")
     ] = None,
+    conflicts: Annotated[
+        bool,
+        typer.Option(
+            "--conflicts",
+            help="Export the feedback conflicts queue (texts reviewers disagree with the "
+            "curated label on) instead.",
+        ),
+    ] = False,
     params: ParamsOpt = None,
 ) -> None:
     """Write the review queue (least confident predictions without feedback) for labeling.
 
     Import the file into Label Studio; its export comes back with
-    `slmops import-labels` (or the pending folder of the retrain flow).
+    `slmops import-labels` (or the pending folder of the retrain flow). With
+    --conflicts: the texts waiting in the feedback conflicts queue, with the labels
+    reviewers proposed as pre-annotations.
     """
     # deferred: pulls pandas and SQLAlchemy; keeps --help fast
     from slmops.tasks.feedback.review import export_review as write_review
 
     if fmt not in ("label-studio", "csv"):
         raise _fail(f"--format {fmt!r}: expected label-studio or csv")
-    n = write_review(_params(params), dest, limit=limit, fmt=fmt)  # type: ignore[arg-type]
-    out.print(f"{n} prediction(s) to review → {dest}")
+    n = write_review(_params(params), dest, limit=limit, fmt=fmt, conflicts=conflicts)  # type: ignore[arg-type]
+    what = "conflicting text(s)" if conflicts else "prediction(s)"
+    out.print(f"{n} {what} to review → {dest}")
 
 
 @app.command("ingest-feedback")
@@ -520,6 +682,117 @@ def ingest_feedback(
         f"retrain: {r['retrain_reason'] or 'not due'}"
         + (f" → {r['retrain']}" if r["retrain"] else "")
     )
+    out.print(f"retention: {r['pruned_predictions']} old prediction(s) without feedback deleted")
+
+
+@feedback_app.command("prune")
+def feedback_prune(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted.")
+    ] = False,
+    params: ParamsOpt = None,
+) -> None:
+    """Delete the predictions older than feedback.retention_days that never got feedback.
+
+    Their texts go; predictions with feedback stay. Each ingest_feedback run does
+    this too; feedback.retention_days null keeps everything.
+    """
+    # deferred: pulls SQLAlchemy; keeps --help fast
+    from slmops.tasks.feedback.retention import apply_retention
+    from slmops.tasks.feedback.store import FeedbackStore  # deferred, as above
+
+    p = _params(params)
+    with FeedbackStore.from_params(p) as store:
+        r = apply_retention(p, store, dry_run=dry_run)
+    if r.retention_days is None or r.cutoff is None:
+        out.print("feedback.retention_days is null: predictions are kept forever, none deleted")
+        return
+    what = "would be deleted (dry run)" if dry_run else "deleted"
+    out.print(
+        f"{r.rows} prediction(s) without feedback older than {r.retention_days} day(s) "
+        f"(made before {r.cutoff:%Y-%m-%d %H:%M} UTC) {what}"
+    )
+
+
+@feedback_app.command("revoke")
+def feedback_revoke(
+    reviewer: Annotated[
+        str,
+        typer.Option("--reviewer", help="The principal (API key name) whose feedback to withdraw."),
+    ],
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="Only feedback sent at or after this time (ISO 8601; UTC if no zone)."),
+    ] = None,
+    reason: Annotated[
+        str, typer.Option(help="Why; kept with each revoked row.")
+    ] = "revoked by an operator",
+    params: ParamsOpt = None,
+) -> None:
+    """Withdraw a reviewer's feedback (a stolen key, a careless or hostile reviewer).
+
+    Nothing is deleted: the rows are marked revoked, never count as votes again, and
+    the next ingest-feedback derives every label they shaped again as if they had
+    never come (the curated label comes back, or the text leaves for the quarantine),
+    recorded in corrections.csv and a new data version.
+    """
+    # deferred: pulls SQLAlchemy; keeps --help fast
+    from slmops.tasks.feedback.store import FeedbackStore
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    p = _params(params)
+    by = f"cli:{getpass.getuser()}"
+    with FeedbackStore.from_params(p) as store:
+        ids = store.revoke(reviewer, by=by, reason=reason, since=since)
+    if not ids:
+        out.print(f"nothing to revoke: no feedback from {reviewer!r} that is not revoked already")
+        return
+    out.print(
+        f"{len(ids)} feedback row(s) of {escape(reviewer)} revoked (ids {ids[0]}-{ids[-1]}); "
+        "`slmops ingest-feedback` undoes what they changed"
+    )
+
+
+@feedback_app.command("conflicts")
+def feedback_conflicts(
+    dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--dead-letters", help="Show the dead-letter queue (set aside for good) instead."
+        ),
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 50,
+    params: ParamsOpt = None,
+) -> None:
+    """Feedback waiting in the conflicts queue, and why.
+
+    A correction of a curated label waits until feedback.reviewers_to_override
+    reviewers agree; corrections past a reviewer's daily cap wait for a person.
+    Export them for Label Studio with `slmops export-review --conflicts`.
+    """
+    # deferred: pulls SQLAlchemy; keeps --help fast
+    from slmops.tasks.feedback.store import FeedbackStore
+
+    queue = "dead_letter" if dead_letters else "conflict"
+    with FeedbackStore.from_params(_params(params)) as store:
+        rows = store.held(queue)
+    title = "dead letters" if dead_letters else "conflicts queue"
+    table = Table(title=f"{title}: {len(rows)} row(s)", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("id", "reviewer", "text", "label", "model said", "why"):
+        table.add_column(column, overflow="fold")
+    for h in rows[:limit]:
+        table.add_row(
+            str(h.item.id),
+            escape(h.item.user or "anonymous"),
+            escape(h.item.text[:80]),
+            escape(h.item.label[:60]),
+            escape(h.item.predicted_label[:60]),
+            escape(h.reason),
+        )
+    out.print(table)
+    if len(rows) > limit:
+        out.print(f"… {len(rows) - limit} more (--limit)")
 
 
 EXIT_ALERT = 3  # `slmops monitor`: a check fired (1 is a failure, 2 a usage error)

@@ -262,6 +262,13 @@ class TrainConfig(_Strict):
     )
     output_dir: str = "models/challenger"
     checkpoint_dir: str = "checkpoints"
+    runs_dir: str = Field(
+        default="models/runs",
+        description="Each retrain flow run validates, splits, trains and evaluates in a "
+        "folder of its own here (<runs_dir>/<time>-<run id>/), so two runs at once never "
+        "write each other's files; once its version is registered its folders replace "
+        "the shared ones (output_dir, evaluate.output_dir, ...) and it is removed.",
+    )
 
 
 class TokenTrainConfig(TrainConfig):
@@ -514,11 +521,23 @@ class ServeConfig(_Strict):
     top_k: Annotated[int, Field(ge=1)] = 3
     review_limit: Annotated[int, Field(ge=1)] = 50
     token_env: str = Field(
-        default="SLMOPS_API_TOKEN", description="environment variable holding the API token"
+        default="SLMOPS_API_TOKEN",
+        description="environment variable holding the shared API token, an admin key whose "
+        "principal is 'api-token' (per-principal keys: slmops keys add)",
     )
-    token_file: str | None = Field(default=None, description="file holding the API token")
+    token_file: str | None = Field(
+        default=None, description="file holding the shared API token (when the variable is unset)"
+    )
     protect_reads: bool = Field(
-        default=False, description="also require the token on read endpoints"
+        default=False,
+        description="/predict, /model, /stats and /metrics need a key (any role) too; "
+        "/review always needs a reviewer key",
+    )
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host header values answered (e.g. [models.example.com, '*.example.com']); "
+        "others get 400. null: localhost, 127.0.0.1 and [::1] when serve.host is loopback, "
+        "else any host (with a warning)",
     )
     model_cache_dir: str = Field(
         default="models/serving", description="where registry versions are downloaded"
@@ -536,6 +555,21 @@ class ServeConfig(_Strict):
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="dynamic micro-batching of /predict"
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str] | None) -> list[str] | None:
+        # Starlette's TrustedHostMiddleware asserts on these; a clear message instead.
+        for host in value or []:
+            ipv6 = host.startswith("[") and host.endswith("]")  # as a Host header writes it
+            pattern = host == "*" or (host.startswith("*.") and "*" not in host[2:])
+            plain = bool(host) and not any(c in host for c in "*:/ ")
+            if not (ipv6 or pattern or plain):
+                raise ValueError(
+                    f"{host!r}: expected a host name or address without port ('example.com', "
+                    "'10.0.0.5', '[::1]'), '*.example.com', or '*' for any"
+                )
+        return value
 
 
 class FeedbackConfig(_Strict):
@@ -563,9 +597,31 @@ class FeedbackConfig(_Strict):
         default=True,
         description="commit the new data/labeled.dvc with a message saying what came in",
     )
+    reviewers_to_override: Annotated[int, Field(ge=1)] = Field(
+        default=2,
+        description="distinct reviewers who must agree before feedback replaces a curated "
+        "label (seed or annotator import); fewer: the correction waits in the conflicts queue",
+    )
+    max_corrections_per_reviewer_per_day: Annotated[int, Field(ge=1)] = Field(
+        default=200,
+        description="corrections one reviewer may send per UTC day; the rest wait in the "
+        "conflicts queue for a person",
+    )
+    ingest_chunk_rows: Annotated[int, Field(ge=1)] = Field(
+        default=5000,
+        description="feedback rows merged per step of an ingestion (each step is its own "
+        "data version and moves the watermark)",
+    )
     retrain_deployment: str = Field(
         default="retrain/weekly",
         description="run this deployment when the Prefect API has it (else retrain as a subflow)",
+    )
+    retention_days: Annotated[int, Field(ge=1)] | None = Field(
+        default=30,
+        description="delete the predictions (their texts) that never got feedback once older "
+        "than this many days (each ingest_feedback run, or `slmops feedback prune`); those "
+        "with feedback are kept; null: keep them all forever. At least "
+        "monitoring.window_hours, which reads them",
     )
 
 
@@ -576,6 +632,8 @@ class NotifyEvent(StrEnum):
     challenger_refused = "challenger_refused"
     challenger_promoted = "challenger_promoted"
     drift_detected = "drift_detected"  # a monitoring check fired (tasks/monitoring/report.py)
+    # Feedback rows set aside for good: merging them would break a check of the whole data set.
+    feedback_dead_lettered = "feedback_dead_lettered"
 
 
 class NotifyConfig(_Strict):
@@ -593,8 +651,13 @@ class NotifyConfig(_Strict):
         default=None, description="file holding the webhook URL (when the variable is unset)"
     )
     events: list[NotifyEvent] = Field(
-        default=[NotifyEvent.flow_failed, NotifyEvent.drift_detected],
-        description="flow_failed | challenger_refused | challenger_promoted | drift_detected",
+        default=[
+            NotifyEvent.flow_failed,
+            NotifyEvent.drift_detected,
+            NotifyEvent.feedback_dead_lettered,
+        ],
+        description="flow_failed | challenger_refused | challenger_promoted | drift_detected "
+        "| feedback_dead_lettered",
     )
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=5.0, description="give up on the webhook after this long (the flow goes on)"
@@ -750,6 +813,22 @@ class Params(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _retention_covers_monitoring(self) -> Params:
+        # Monitoring compares the recent predictions with the test set; a window
+        # reaching past the retention would hold only the old ones that got feedback,
+        # a skewed sample, and the report would not say so.
+        days, hours = self.feedback.retention_days, self.monitoring.window_hours
+        if days is None or (hours is not None and hours <= days * 24):
+            return self
+        window = "null (no time limit)" if hours is None else f"{hours:g} hours"
+        raise ValueError(
+            f"monitoring.window_hours is {window}, but feedback.retention_days ({days}) "
+            f"deletes predictions without feedback after {days * 24} hours: set "
+            f"monitoring.window_hours to at most {days * 24}, raise "
+            "feedback.retention_days, or set it to null to keep predictions forever"
+        )
+
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from the config against the project root."""
         p = Path(relative)
@@ -801,8 +880,10 @@ def _format_errors(path: Path, exc: ValidationError, task: TaskName) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(_unknown_key(key, tuple(err["loc"]), task))
         else:
-            # A URL may be a credential (a webhook, a database password): never echoed.
-            got = "" if "url" in key else f" (got {redact_text(repr(err.get('input')))})"
+            # A URL may be a credential (a webhook, a database password): never echoed;
+            # nor the whole file, the input of a check across sections.
+            echo = "url" not in key and err["loc"]
+            got = f" (got {redact_text(repr(err.get('input')))})" if echo else ""
             lines.append(f"  {key}: {err['msg']}{got}")
     return "\n".join(lines)
 

@@ -55,6 +55,7 @@ CORRECTION_COLUMNS = (
     "new_source_id",
     "batch_id",
     "corrected_at",
+    "new_annotators",  # who gave the new label (annotators, or reviewers' principals)
 )
 
 
@@ -107,6 +108,48 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# CSV files meant for people (the review export, validation reports) are opened in
+# spreadsheets, which run a cell starting with one of these as a formula (OWASP "CSV
+# injection": `=HYPERLINK(...)` sent to /predict would run on the reviewer's machine).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A file whose rows went through escape_formulas(mark=True) has this column, holding
+# FORMULA_ESCAPE_MARK on each such row: the label import undoes the escape only there,
+# so a hand-made CSV with a genuine "'-" text is never changed.
+FORMULA_ESCAPE_COLUMN = "formula_escape"
+FORMULA_ESCAPE_MARK = "quote"
+
+
+def escape_formula(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet would run it as a formula.
+
+    Texts that already start with quotes before such a character get one more, so
+    that :func:`unescape_formula` gives back exactly the original: ``-5 on my balance?``
+    → ``'-5 on my balance?``, ``'=x`` → ``''=x``, ``'twas`` unchanged.
+    """
+    return "'" + value if value.lstrip("'")[:1] in FORMULA_STARTS else value
+
+
+def unescape_formula(value: str) -> str:
+    """The original of an :func:`escape_formula` result (only for cells that went through it)."""
+    if value.startswith("'") and value.lstrip("'")[:1] in FORMULA_STARTS:
+        return value[1:]
+    return value
+
+
+def escape_formulas(frame: pd.DataFrame, *, mark: bool = False) -> pd.DataFrame:
+    """A copy of ``frame`` for a spreadsheet: every text cell through :func:`escape_formula`.
+
+    ``mark`` adds :data:`FORMULA_ESCAPE_COLUMN` so that a file meant to come back
+    (the review export, filled in) is unescaped by the label import.
+    """
+    safe = frame.copy()
+    for column in safe.columns:
+        safe[column] = safe[column].map(lambda v: escape_formula(v) if isinstance(v, str) else v)
+    if mark:
+        safe[FORMULA_ESCAPE_COLUMN] = FORMULA_ESCAPE_MARK
+    return safe
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
@@ -174,6 +217,14 @@ def read_labeled(params: Params) -> pd.DataFrame:
     return read_table(paths.labeled, LABELED_COLUMNS)
 
 
+def read_corrections(params: Params) -> pd.DataFrame:
+    """The labeled data's correction history, oldest first (empty before the first)."""
+    path = LabeledPaths(params).corrections
+    if not path.exists():
+        return empty_frame(CORRECTION_COLUMNS)
+    return read_table(path, ()).reindex(columns=list(CORRECTION_COLUMNS))
+
+
 def read_test(params: Params) -> pd.DataFrame:
     """Read the frozen test split."""
     paths = LabeledPaths(params)
@@ -183,8 +234,11 @@ def read_test(params: Params) -> pd.DataFrame:
 
 
 def append_rows(path: Path, rows: pd.DataFrame, columns: Iterable[str]) -> None:
-    """Append rows to a CSV history file (quarantine, corrections), atomically."""
+    """Append rows to a CSV history file (quarantine, corrections), atomically.
+
+    A file written before a column existed gains it, empty for its old rows.
+    """
     columns = list(columns)
-    old = read_table(path, columns) if path.exists() else empty_frame(columns)
+    old = read_table(path, ()).reindex(columns=columns) if path.exists() else empty_frame(columns)
     new = pd.concat([old, rows.reindex(columns=columns)], ignore_index=True)
     write_csv_atomic(new, path)

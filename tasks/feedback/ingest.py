@@ -1,36 +1,49 @@
 """Feedback ingestion: users' corrections become a new version of the labeled data.
 
-Exactly once, whatever is killed when. Each feedback row carries its id into
-the labeled data (``source_id``), so the order of work is:
+Exactly once, whatever is killed when, in bounded chunks. Each feedback row
+carries its id into the labeled data (``source_id``), so the order of work for
+each chunk of at most ``feedback.ingest_chunk_rows`` rows is:
 
 1. read the feedback after the watermark;
 2. drop ids the labeled data (or its quarantine) already holds, from a run
-   that was killed before it advanced the watermark;
-3. merge the rest like any label import (majority per text, conflicting
-   corrections quarantined, the same validation gate), ``dvc add`` + push;
-4. commit ``data/labeled.dvc`` to git with a message that says what came in;
-5. only then advance the watermark.
+   that was killed before it advanced the watermark, and ids already set aside
+   or revoked;
+3. apply the feedback policy (:mod:`.policy`): a reviewer's corrections past the
+   daily cap, and corrections of curated labels fewer than
+   ``feedback.reviewers_to_override`` reviewers agree on, wait in the conflicts
+   queue; waiting conflicts are counted again with the new votes;
+4. merge the rest like any label import (majority per text, conflicting
+   corrections quarantined, the same validation gate); rows that would make a
+   check of the whole data set fail go to the dead-letter queue with the reason
+   instead of stopping the batch; ``dvc add`` + push;
+5. commit ``data/labeled.dvc`` to git with a message that says what came in;
+6. only then advance the watermark.
 
-A crash before 5 re-reads the same feedback next time and step 2 finds it;
-nothing is lost and nothing is added twice.
+A crash before 6 re-reads the same feedback next time and step 2 finds it;
+nothing is lost and nothing is added twice. Revoked feedback is undone first
+(:mod:`.revocation`).
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 
-from slmops.tasks.core.config import Params
+from slmops.tasks.core import notify
+from slmops.tasks.core.config import NotifyEvent, Params
 from slmops.tasks.core.lock import project_lock
 from slmops.tasks.core.task_type import TaskType
-from slmops.tasks.data.dataset import LabeledPaths, read_labeled, read_table
+from slmops.tasks.data.dataset import LabeledPaths, read_corrections, read_labeled, read_table
 from slmops.tasks.data.versioning import data_hash, track
-from slmops.tasks.feedback.store import FeedbackItem, FeedbackStore
-from slmops.tasks.labels.importer import ImportSummary, merge_votes
+from slmops.tasks.feedback.policy import decide, reviewer
+from slmops.tasks.feedback.revocation import Undone, undo_revoked
+from slmops.tasks.feedback.store import FeedbackItem, FeedbackStore, Held
+from slmops.tasks.labels.importer import DeadLetter, ImportSummary, merge_votes
 from slmops.tasks.labels.sources import VoteTable
 
 log = logging.getLogger(__name__)
@@ -47,6 +60,8 @@ FEEDBACK_COLUMNS = (
     "predicted_label",
     "model_version",
     "user",
+    "kind",
+    "created_at",
 )
 
 
@@ -63,6 +78,10 @@ class IngestResult:
     commit: str | None = None  # git commit of data/labeled.dvc
     version: str | None = None  # DVC hash of data/labeled afterwards
     notes: list[str] = field(default_factory=list)
+    conflicts: int = 0  # rows newly put in the conflicts queue
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # texts set aside for good
+    skipped: int = 0  # rows already set aside or revoked (not merged)
+    undone: Undone | None = None  # what undoing revoked feedback changed first
 
     @property
     def new_labels(self) -> int:
@@ -74,7 +93,17 @@ def feedback_frame(items: list[FeedbackItem]) -> pd.DataFrame:
     """Feedback items (as the store returns them) as a frame of :data:`FEEDBACK_COLUMNS`."""
     df = pd.DataFrame(
         [
-            (i.id, i.prediction_id, i.text, i.label, i.predicted_label, i.model_version, i.user)
+            (
+                i.id,
+                i.prediction_id,
+                i.text,
+                i.label,
+                i.predicted_label,
+                i.model_version,
+                i.user,
+                i.kind,
+                i.created_at,
+            )
             for i in items
         ],
         columns=list(FEEDBACK_COLUMNS),
@@ -115,15 +144,12 @@ def live_accuracy(feedback: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def votes_from_feedback(feedback: pd.DataFrame, task: TaskType) -> VoteTable:
-    """One vote per feedback row; anonymous feedback votes once per prediction.
+    """One vote per feedback row, cast by its reviewer (:func:`.policy.reviewer`: feedback
+    without a principal is one reviewer, ``anonymous``, however many predictions it names).
 
     Texts lose surrounding whitespace as all labeled texts do; ``task`` moves the label
     with them (entity offsets).
     """
-    annotator = feedback["user"].where(
-        feedback["user"].notna() & (feedback["user"].astype(str).str.strip() != ""),
-        "prediction:" + feedback["prediction_id"].astype(str),
-    )
     stripped = [
         task.strip(str(t), str(c)) for t, c in zip(feedback["text"], feedback["label"], strict=True)
     ]
@@ -131,7 +157,7 @@ def votes_from_feedback(feedback: pd.DataFrame, task: TaskType) -> VoteTable:
         {
             "text": [t for t, _ in stripped],
             "label": [c for _, c in stripped],
-            "annotator": annotator.astype(str),
+            "annotator": feedback["user"].map(reviewer).astype(str),
             "source_id": feedback["feedback_id"].astype(str),
         }
     )
@@ -168,7 +194,8 @@ def commit_data_version(params: Params, message: str) -> str | None:
     return git("rev-parse", "HEAD").stdout.strip()
 
 
-def _message(first: int, last: int, summary: ImportSummary | None, live: dict) -> str:
+def _message(first: int, last: int, result: IngestResult) -> str:
+    summary = result.summary
     if summary is None:
         head = f"data: feedback {first}-{last} (recorded after an interrupted ingestion)"
     else:
@@ -177,9 +204,14 @@ def _message(first: int, last: int, summary: ImportSummary | None, live: dict) -
             f"{summary.corrected} corrected, {summary.quarantined} quarantined"
         )
     lines = [head, ""]
+    if result.conflicts or result.dead_letters:
+        lines.append(
+            f"set aside: {result.conflicts} in the conflicts queue, "
+            f"{len(result.dead_letters)} text(s) dead-lettered"
+        )
     lines += [
         f"model version {v}: live accuracy {m['accuracy']:.4f} on {m['n']} feedback rows"
-        for v, m in live.items()
+        for v, m in result.live.items()
     ]
     return "\n".join(lines)
 
@@ -192,45 +224,118 @@ def ingest_feedback(
     now: datetime | None = None,
     limit: int | None = None,
 ) -> IngestResult:
-    """Merge the feedback after the watermark into the labeled data (see module doc)."""
+    """Merge the feedback after the watermark into the labeled data (see module doc);
+    at most ``limit`` rows (None: all), ``feedback.ingest_chunk_rows`` at a time."""
     with project_lock(params, "ingest feedback"):
-        return _ingest_feedback(params, store, task, now=now, limit=limit)
+        now = now or datetime.now(UTC)
+        before = watermark(store)
+        undone = undo_revoked(params, store, now.isoformat(timespec="seconds"))
+        if undone.changed:
+            _record(params, f"data: revoked feedback undone: {_undone(undone)}")
+        chunk = params.feedback.ingest_chunk_rows
+        parts: list[IngestResult] = []
+        left = limit
+        while left is None or left > 0:
+            size = chunk if left is None else min(chunk, left)
+            part = _ingest_chunk(params, store, task, now, size)
+            if part is None:
+                break
+            parts.append(part)
+            left = None if left is None else left - part.read
+            if part.read < size:
+                break  # fewer than asked: nothing more has settled yet
+        result = replace(combine(parts, before), undone=undone)
+    if result.dead_letters:
+        # notify.send never raises and never logs the URL.
+        notify.send(params, NotifyEvent.feedback_dead_lettered, dead_letter_payload(result))
+    return result
 
 
-def _ingest_feedback(
-    params: Params,
-    store: FeedbackStore,
-    task: TaskType,
-    *,
-    now: datetime | None = None,
-    limit: int | None = None,
-) -> IngestResult:
-    now = now or datetime.now(UTC)
+def dead_letter_payload(result: IngestResult, shown: int = 20) -> dict[str, Any]:
+    """The webhook body for dead-lettered feedback: how many, and the first few reasons."""
+    return {
+        "feedback_ids": f"{result.watermark_before + 1}-{result.watermark_after}",
+        "dead_lettered": len(result.dead_letters),
+        "rows": [
+            {"feedback_ids": d.source_id, "check": d.check, "reason": d.reason}
+            for d in result.dead_letters[:shown]
+        ],
+    }
+
+
+def _undone(u: Undone) -> str:
+    return f"{u.relabeled} label(s) changed, {u.removed} text(s) removed, {u.revised} revised"
+
+
+def _record(params: Params, message: str) -> str | None:
+    """``dvc add`` (+ push) the labeled data and commit its .dvc file with ``message``."""
+    track([LabeledPaths(params).dir], params.root, push=params.dvc.push)
+    return commit_data_version(params, message) if params.feedback.git_commit else None
+
+
+def _ingest_chunk(
+    params: Params, store: FeedbackStore, task: TaskType, now: datetime, size: int
+) -> IngestResult | None:
+    """One chunk of :func:`ingest_feedback`: up to ``size`` rows after the watermark,
+    merged, versioned, committed and watermarked; None when there is nothing to read."""
     before = watermark(store)
     feedback = feedback_frame(
-        store.feedback_since(before, limit=limit, settle_seconds=params.feedback.settle_seconds)
+        store.feedback_since(before, limit=size, settle_seconds=params.feedback.settle_seconds)
     )
     if feedback.empty:
-        return IngestResult(0, 0, None, {}, before, before)
+        return None
     first, last = before + 1, int(feedback["feedback_id"].max())
-    live = live_accuracy(feedback)
 
     seen = ingested_ids(params)
-    done = feedback["feedback_id"].astype(str).isin(seen)
-    todo = feedback.loc[~done]
-    summary = None
+    revoked = store.revoked_ids()
+    set_aside = store.held_ids() | revoked
+    ids = feedback["feedback_id"]
+    done = ids.astype(str).isin(seen)
+    skipped = ~done & ids.isin(set_aside)
+    todo = feedback.loc[~done & ~skipped]
+    summary, conflicts, dead, waits = None, 0, [], set()
     if len(todo):
-        summary = merge_votes(
-            votes_from_feedback(todo, task),
-            params,
-            task,
-            source=f"feedback {first}-{last}",
-            batch_id=f"feedback-{first}-{last}",
-            kind=FEEDBACK_KIND,
-            now=now,
-            version=False,
-            quarantine_unknown_labels=True,
+        # A waiting conflict already in the data was accepted by a run killed before
+        # it could say so: it is resolved below with the others.
+        waiting = [h for h in store.held("conflict") if h.item.id not in revoked]
+        in_data = [h.item.id for h in waiting if str(h.item.id) in seen]
+        decision = decide(
+            todo,
+            [h for h in waiting if h.item.id not in in_data],
+            read_labeled(params),
+            read_corrections(params),
+            params.feedback,
+            store.corrections_by,
+            task.strip,
         )
+        conflicts = store.hold(decision.hold)
+        waits = {h.feedback_id for h in decision.hold}
+        if len(decision.votes):
+            summary = merge_votes(
+                votes_from_feedback(decision.votes, task),
+                params,
+                task,
+                source=f"feedback {first}-{last}",
+                batch_id=f"feedback-{first}-{last}",
+                kind=FEEDBACK_KIND,
+                now=now,
+                version=False,
+                quarantine_unknown_labels=True,
+                dead_letter=True,
+            )
+            dead = summary.dead_letters
+            store.hold(
+                [
+                    Held(int(i), "dead_letter", d.check, d.reason)
+                    for d in dead
+                    for i in d.source_id.split(",")
+                ]
+            )
+        store.resolve_held([*decision.accepted_conflicts, *in_data], "accepted")
+        store.resolve_held(decision.settled_conflicts, "settled")
+    # Live accuracy counts what the policy let through: a flood of corrections from one
+    # key, waiting in the conflicts queue, must not force a retrain.
+    live = live_accuracy(feedback.loc[~skipped & ~ids.isin(waits)])
     notes = []
     if done.any():
         notes.append(f"{int(done.sum())} feedback row(s) were already in the data")
@@ -239,31 +344,79 @@ def _ingest_feedback(
     if (summary is not None and summary.changed) or done.any():
         track([paths.dir], params.root, push=params.dvc.push)
     version = data_hash(paths.dir) if paths.dir.with_suffix(".dvc").exists() else None
-    commit = None
-    if params.feedback.git_commit:
-        commit = commit_data_version(params, _message(first, last, summary, live))
-    store.set_watermark(WATERMARK, last)
-    log.info(
-        "feedback %d-%d: %s; watermark %d → %d",
-        first,
-        last,
-        "nothing new"
-        if summary is None
-        else f"{summary.added} added, {summary.corrected} "
-        f"corrected, {summary.quarantined} quarantined",
-        before,
-        last,
-    )
-    return IngestResult(
+    result = IngestResult(
         read=len(feedback),
         already_in_data=int(done.sum()),
         summary=summary,
         live=live,
         watermark_before=before,
         watermark_after=last,
-        commit=commit,
         version=version,
         notes=notes,
+        conflicts=conflicts,
+        dead_letters=dead,
+        skipped=int(skipped.sum()),
+    )
+    commit = None
+    if params.feedback.git_commit:
+        commit = commit_data_version(params, _message(first, last, result))
+    store.set_watermark(WATERMARK, last)
+    log.info(
+        "feedback %d-%d: %s; %d to the conflicts queue, %d dead-lettered; watermark %d → %d",
+        first,
+        last,
+        "nothing merged"
+        if summary is None
+        else f"{summary.added} added, {summary.corrected} "
+        f"corrected, {summary.quarantined} quarantined",
+        conflicts,
+        len(dead),
+        before,
+        last,
+    )
+    for d in dead:
+        log.warning("dead-lettered feedback %s (%r): %s", d.source_id, d.text[:80], d.reason)
+    return replace(result, commit=commit)
+
+
+def combine(parts: list[IngestResult], before: int) -> IngestResult:
+    """One result for the chunks of an ingestion (live accuracy weighted by rows)."""
+    if not parts:
+        return IngestResult(0, 0, None, {}, before, before)
+    summaries = [p.summary for p in parts if p.summary is not None]
+    summary = None
+    if summaries:
+        counts = ("votes", "added", "corrected", "unchanged", "quarantined")
+        summary = replace(
+            summaries[-1],
+            **{c: sum(getattr(x, c) for x in summaries) for c in counts},
+            new_labels=sorted({label for x in summaries for label in x.new_labels}),
+            problems=[m for x in summaries for m in x.problems],
+            dead_letters=[d for x in summaries for d in x.dead_letters],
+        )
+    live: dict[str, dict[str, float]] = {}
+    for part in parts:
+        for version, m in part.live.items():
+            seen = live.setdefault(version, {"n": 0, "accuracy": 0.0})
+            n = seen["n"] + m["n"]
+            seen["accuracy"] = (seen["accuracy"] * seen["n"] + m["accuracy"] * m["n"]) / n
+            seen["n"] = n
+    for m in live.values():
+        m["accuracy"] = round(m["accuracy"], 4)
+    last = parts[-1]
+    return IngestResult(
+        read=sum(p.read for p in parts),
+        already_in_data=sum(p.already_in_data for p in parts),
+        summary=summary,
+        live=live,
+        watermark_before=before,
+        watermark_after=last.watermark_after,
+        commit=next((p.commit for p in reversed(parts) if p.commit), None),
+        version=last.version,
+        notes=[n for p in parts for n in p.notes],
+        conflicts=sum(p.conflicts for p in parts),
+        dead_letters=[d for p in parts for d in p.dead_letters],
+        skipped=sum(p.skipped for p in parts),
     )
 
 

@@ -6,6 +6,11 @@ go out with the model's answer attached. In Label Studio the answer is a
 annotation, so an export of the project read back by ``slmops import-labels``
 counts only what people chose. In the CSV the ``label`` column is left empty
 for the reviewer; rows still empty at import are kept aside as "empty label".
+Its cells are escaped for spreadsheets (a text starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return gets a leading ``'``, so that a text sent to
+``/predict`` never runs as a formula on the reviewer's machine); the
+``formula_escape`` column marks the rows, and the label import gives the texts
+back exactly as they were.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from slmops.tasks.core.config import Params
-from slmops.tasks.data.dataset import write_csv_atomic, write_json_atomic
-from slmops.tasks.feedback.store import FeedbackStore, PredictionRecord
+from slmops.tasks.data.dataset import escape_formulas, write_csv_atomic, write_json_atomic
+from slmops.tasks.feedback.store import FeedbackStore, HeldItem, PredictionRecord
 
 ExportFormat = Literal["label-studio", "csv"]
 # The choices control of the usual Label Studio text-classification config, used
@@ -26,25 +31,77 @@ ExportFormat = Literal["label-studio", "csv"]
 DEFAULT_FROM_NAME = "label"
 
 
-def label_studio_task(p: PredictionRecord, text_field: str, from_name: str) -> dict[str, Any]:
-    """One Label Studio task: the text, with the model's answer as a pre-annotation."""
-    return {
-        "data": {text_field: p.text, "prediction_id": p.id},
-        "predictions": [
+def label_studio_task(
+    data: dict[str, Any],
+    proposals: list[tuple[str, float | None, str]],
+    text_field: str,
+    from_name: str,
+) -> dict[str, Any]:
+    """One Label Studio task: ``data`` with each (source, score, label) proposal as a
+    pre-annotation (a prediction, never an annotation)."""
+    predictions = []
+    for source, score, label in proposals:
+        choice = {"from_name": from_name, "to_name": text_field, "type": "choices"}
+        prediction: dict[str, Any] = {
+            "model_version": source,
+            "result": [{**choice, "value": {"choices": [label]}}],
+        }
+        if score is not None:
+            prediction["score"] = score
+        predictions.append(prediction)
+    return {"data": data, "predictions": predictions}
+
+
+# What an export holds per item: the Label Studio task's data, its proposals
+# (source, score, label), and the row of the CSV to fill in.
+Item = tuple[dict[str, Any], list[tuple[str, float | None, str]], dict[str, Any]]
+
+
+def _prediction_items(queue: list[PredictionRecord], params: Params) -> list[Item]:
+    text_field, csv = params.label_import.label_studio.text_field, params.label_import.csv
+    return [
+        (
+            {text_field: p.text, "prediction_id": p.id},
+            [(f"{p.model_name}/{p.model_version}", p.confidence, p.label)],
             {
-                "model_version": f"{p.model_name}/{p.model_version}",
-                "score": p.confidence,
-                "result": [
-                    {
-                        "from_name": from_name,
-                        "to_name": text_field,
-                        "type": "choices",
-                        "value": {"choices": [p.label]},
-                    }
-                ],
-            }
-        ],
-    }
+                "prediction_id": p.id,
+                csv.text_column: p.text,
+                "predicted_label": p.label,
+                "confidence": round(p.confidence, 4),
+                "model_version": p.model_version,
+                csv.label_column: "",
+            },
+        )
+        for p in queue
+    ]
+
+
+def _conflict_items(held: list[HeldItem], params: Params) -> list[Item]:
+    """The conflicts queue per text: the labels reviewers proposed, by whom, and why
+    they wait."""
+    texts: dict[str, tuple[list[str], dict[str, list[str]], str]] = {}
+    for h in held:
+        ids, proposals, _ = texts.setdefault(h.item.text, ([], {}, h.reason))
+        ids.append(str(h.item.id))
+        proposals.setdefault(h.item.label, []).append(h.item.user or "anonymous")
+    text_field, csv = params.label_import.label_studio.text_field, params.label_import.csv
+    items: list[Item] = []
+    for text, (ids, proposals, reason) in texts.items():
+        feedback_ids = ",".join(ids)
+        items.append(
+            (
+                {text_field: text, "feedback_ids": feedback_ids, "reason": reason},
+                [(f"feedback/{','.join(w)}", None, label) for label, w in proposals.items()],
+                {
+                    "feedback_ids": feedback_ids,
+                    csv.text_column: text,
+                    "proposed": "; ".join(f"{c} ({', '.join(w)})" for c, w in proposals.items()),
+                    "reason": reason,
+                    csv.label_column: "",
+                },
+            )
+        )
+    return items
 
 
 def export_review(
@@ -54,34 +111,35 @@ def export_review(
     limit: int | None = None,
     fmt: ExportFormat = "label-studio",
     since: datetime | None = None,
+    conflicts: bool = False,
 ) -> int:
     """Write the review queue to ``out`` (atomically); return how many items it holds.
 
     ``limit`` defaults to ``serve.review_limit``; ``since`` keeps only
-    predictions made at or after that time.
+    predictions made at or after that time. With ``conflicts`` the items are the
+    texts of the feedback conflicts queue instead, each with the labels reviewers
+    proposed (a person's label for them, imported back, is curated and settles it).
     """
+    if fmt not in ("label-studio", "csv"):
+        raise ValueError(f"format {fmt!r}: expected 'label-studio' or 'csv'")
+    limit = limit or params.serve.review_limit
     with FeedbackStore.from_params(params) as store:
-        queue = store.review_queue(limit or params.serve.review_limit, since=since)
+        if conflicts:
+            items = _conflict_items(store.held("conflict"), params)[:limit]
+            extra = ("feedback_ids", "proposed", "reason")
+        else:
+            items = _prediction_items(store.review_queue(limit, since=since), params)
+            extra = ("prediction_id", "predicted_label", "confidence", "model_version")
     out = params.path(out)
     if fmt == "label-studio":
         ls = params.label_import.label_studio
-        tasks = [
-            label_studio_task(p, ls.text_field, ls.from_name or DEFAULT_FROM_NAME) for p in queue
-        ]
+        from_name = ls.from_name or DEFAULT_FROM_NAME
+        tasks = [label_studio_task(d, p, ls.text_field, from_name) for d, p, _ in items]
         write_json_atomic(tasks, out)
-    elif fmt == "csv":
-        cfg = params.label_import.csv
-        frame = pd.DataFrame(
-            {
-                "prediction_id": [p.id for p in queue],
-                cfg.text_column: [p.text for p in queue],
-                "predicted_label": [p.label for p in queue],
-                "confidence": [round(p.confidence, 4) for p in queue],
-                "model_version": [p.model_version for p in queue],
-                cfg.label_column: [""] * len(queue),
-            }
-        )
-        write_csv_atomic(frame, out)
     else:
-        raise ValueError(f"format {fmt!r}: expected 'label-studio' or 'csv'")
-    return len(queue)
+        csv = params.label_import.csv
+        # Named columns: an empty queue still writes the header the import expects.
+        columns = [extra[0], csv.text_column, *extra[1:], csv.label_column]
+        frame = pd.DataFrame([row for _, _, row in items], columns=columns)
+        write_csv_atomic(escape_formulas(frame, mark=True), out)
+    return len(items)

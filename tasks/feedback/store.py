@@ -6,11 +6,13 @@ Three tables, through SQLAlchemy Core so that any SQLAlchemy URL works
 - ``predictions``: one row per answered text (the text, the answer, the model
   version that gave it). Its id is what a client sends back with feedback.
 - ``feedback``: a reviewer's label for a prediction, a ``correction`` when it
-  differs from the predicted label, else a ``confirmation``. The pair
-  (prediction, label) is unique, so a client that retries a request creates
-  nothing new; a *different* label for the same prediction is a new row (a
-  second opinion, or a reviewer changing their mind), which the ingestion
-  step resolves.
+  differs from the predicted label, else a ``confirmation``. The triple
+  (prediction, label, reviewer) is unique, so a client that retries a request
+  creates nothing new; another reviewer's label, or a *different* label for the
+  same prediction, is a new row (a second opinion, or a reviewer changing their
+  mind), which the ingestion step resolves.
+- ``feedback_held`` and ``feedback_revocations``: feedback ingestion set aside
+  (conflicts, dead letters) and feedback an operator withdrew.
 - ``ingest_watermark``: the highest feedback id each consumer has ingested.
 
 Ingestion is meant to be exactly-once: read :meth:`FeedbackStore.feedback_since`
@@ -46,6 +48,8 @@ FeedbackKind = Literal["correction", "confirmation"]
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # How many valid labels an UnknownLabel message lists (77 would drown the message).
 LABELS_SHOWN = 8
+# Ids per IN (...) list: under SQLite's and Postgres' parameter limits.
+ID_CHUNK = 500
 
 metadata = sa.MetaData()
 
@@ -61,6 +65,9 @@ predictions_table = sa.Table(
     sa.Column("model_name", sa.String(255), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The API key's principal that asked; None: anonymous (serve.protect_reads off).
+    # Added after the first release: _add_missing_columns adds it to older databases.
+    sa.Column("principal", sa.String(64), nullable=True),
     # The review queue sorts on confidence and may filter on time.
     sa.Index("ix_predictions_confidence", "confidence"),
     sa.Index("ix_predictions_created_at", "created_at"),
@@ -82,8 +89,18 @@ feedback_table = sa.Table(
     # Not "user": that is a reserved word (and a function) in Postgres.
     sa.Column("user_name", sa.String(255), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("prediction_id", "label", name="uq_feedback_prediction_label"),
     sa.CheckConstraint("kind IN ('correction', 'confirmation')", name="ck_feedback_kind"),
+)
+# One row per (prediction, label, reviewer): a client that retries creates nothing new,
+# and a second reviewer agreeing on the same prediction is a second vote, not a repeat.
+# (The first release made (prediction, label) unique: _per_reviewer_feedback upgrades it.)
+OLD_FEEDBACK_UNIQUE = "uq_feedback_prediction_label"
+feedback_unique = sa.Index(
+    "uq_feedback_prediction_label_user",
+    feedback_table.c.prediction_id,
+    feedback_table.c.label,
+    sa.func.coalesce(feedback_table.c.user_name, ""),
+    unique=True,
 )
 
 watermark_table = sa.Table(
@@ -92,6 +109,45 @@ watermark_table = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("last_feedback_id", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _about_feedback() -> sa.Column:
+    """The key of a table holding one row about a feedback row."""
+    return sa.Column(
+        "feedback_id",
+        sa.Integer,
+        sa.ForeignKey("feedback.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
+# Feedback that ingestion set aside instead of merging: ``conflict`` rows wait for more
+# reviewers or a person (they are looked at again by every ingestion and exported for
+# review); ``dead_letter`` rows failed a check of the whole data set and are never
+# retried. Either way the row is accounted for and the watermark can move past it.
+held_table = sa.Table(
+    "feedback_held",
+    metadata,
+    _about_feedback(),
+    sa.Column("queue", sa.String(16), nullable=False),
+    sa.Column("check_name", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("held_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("resolution", sa.String(16), nullable=True),
+    sa.CheckConstraint("queue IN ('conflict', 'dead_letter')", name="ck_feedback_held_queue"),
+)
+
+# Feedback withdrawn by an operator (``slmops feedback revoke``): never a vote again;
+# the next ingestion re-derives every label it had shaped.
+revocations_table = sa.Table(
+    "feedback_revocations",
+    metadata,
+    _about_feedback(),
+    sa.Column("revoked_by", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 
@@ -142,6 +198,7 @@ class NewPrediction:
     top_k: list[dict[str, Any]]
     model_name: str
     model_version: str
+    principal: str | None = None  # who asked (the API key's principal); None: anonymous
 
 
 @dataclass(frozen=True)
@@ -156,6 +213,7 @@ class PredictionRecord:
     model_name: str
     model_version: str
     created_at: datetime
+    principal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +252,31 @@ class Watermark:
     name: str
     last_feedback_id: int
     updated_at: datetime
+
+
+HeldQueue = Literal["conflict", "dead_letter"]
+
+
+@dataclass(frozen=True)
+class Held:
+    """A feedback row to set aside, and why (``check``: what set it aside)."""
+
+    feedback_id: int
+    queue: HeldQueue
+    check: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HeldItem:
+    """A feedback row set aside, with its prediction's text."""
+
+    item: FeedbackItem
+    queue: HeldQueue
+    check: str
+    reason: str
+    held_at: datetime
+    resolution: str | None
 
 
 def _utc(value: datetime) -> datetime:
@@ -276,6 +359,7 @@ def _prediction(row: sa.Row) -> PredictionRecord:
         model_name=m["model_name"],
         model_version=m["model_version"],
         created_at=_utc(m["created_at"]),
+        principal=m["principal"],
     )
 
 
@@ -291,6 +375,139 @@ def _feedback(row: sa.Row) -> FeedbackRecord:
     )
 
 
+def _items_query() -> sa.Select:
+    """Feedback joined with its prediction, oldest first (what :class:`FeedbackItem` holds)."""
+    f, p = feedback_table, predictions_table
+    return (
+        sa.select(
+            f.c.id,
+            f.c.prediction_id,
+            p.c.text,
+            f.c.label,
+            f.c.kind,
+            f.c.user_name,
+            f.c.created_at,
+            p.c.label.label("predicted_label"),
+            p.c.confidence,
+            p.c.model_name,
+            p.c.model_version,
+        )
+        .join(p, p.c.id == f.c.prediction_id)
+        .order_by(f.c.id.asc())
+    )
+
+
+def _item(row: sa.Row) -> FeedbackItem:
+    m = row._mapping
+    return FeedbackItem(
+        id=int(m["id"]),
+        prediction_id=m["prediction_id"],
+        text=m["text"],
+        label=m["label"],
+        kind=m["kind"],
+        user=m["user_name"],
+        created_at=_utc(m["created_at"]),
+        predicted_label=m["predicted_label"],
+        confidence=float(m["confidence"]),
+        model_name=m["model_name"],
+        model_version=m["model_version"],
+    )
+
+
+def _existing(conn: sa.Connection, column: sa.Column, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` are already in ``column``."""
+    found: set[int] = set()
+    for start in range(0, len(ids), ID_CHUNK):
+        query = sa.select(column).where(column.in_(ids[start : start + ID_CHUNK]))
+        found.update(int(i) for i in conn.execute(query).scalars())
+    return found
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns that this module's tables gained since the database was
+    made (``ALTER TABLE ... ADD COLUMN``; SQLite and Postgres). Idempotent.
+
+    Only additive and only nullable columns: old rows read them as NULL. Anything
+    else (a new NOT NULL column, a changed type) needs a real schema migration,
+    which is a later step (Alembic); this raises rather than guess.
+    """
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable or column.primary_key:
+                raise RuntimeError(
+                    f"the feedback database's table {table.name} lacks the column "
+                    f"{column.name}, which cannot be added without a schema migration"
+                )
+            quote = engine.dialect.identifier_preparer.quote
+            ddl = (
+                f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                f"{column.type.compile(dialect=engine.dialect)}"
+            )
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(ddl))
+            except sa.exc.DBAPIError:
+                # Another process (the service, a flow) added it first: fine if it is there.
+                now = sa.inspect(engine).get_columns(table.name)
+                if column.name not in {c["name"] for c in now}:
+                    raise
+            else:
+                log.info("feedback database: added column %s.%s", table.name, column.name)
+
+
+def _per_reviewer_feedback(engine: Engine) -> None:
+    """Replace the first release's unique (prediction, label) on ``feedback`` by
+    :data:`feedback_unique`, keeping every row. Idempotent.
+
+    Postgres drops the constraint; SQLite cannot, so the table is rebuilt in one
+    transaction (foreign-key checks off meanwhile, as SQLite's documentation asks).
+    """
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            ddl = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'feedback'"
+            ).scalar()
+        if ddl and OLD_FEEDBACK_UNIQUE + " " in ddl.replace('"', " "):
+            _rebuild_sqlite_feedback(engine)
+    elif sa.inspect(engine).has_table("feedback"):
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"ALTER TABLE feedback DROP CONSTRAINT IF EXISTS {OLD_FEEDBACK_UNIQUE}"
+            )
+    # IF NOT EXISTS, not checkfirst: SQLite's inspector does not list expression indexes.
+    with engine.begin() as conn:
+        conn.execute(sa.schema.CreateIndex(feedback_unique, if_not_exists=True))
+
+
+def _rebuild_sqlite_feedback(engine: Engine) -> None:
+    copy = sa.MetaData()
+    predictions_table.to_metadata(copy)  # what the staging table's foreign key names
+    staging = feedback_table.to_metadata(copy, name="feedback__upgrade")
+    columns = ", ".join(c.name for c in feedback_table.columns)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()  # a no-op inside a transaction: set it, then begin
+        try:
+            with conn.begin():
+                conn.exec_driver_sql("DROP TABLE IF EXISTS feedback__upgrade")
+                conn.execute(sa.schema.CreateTable(staging))
+                conn.exec_driver_sql(
+                    f"INSERT INTO feedback__upgrade ({columns}) SELECT {columns} FROM feedback"
+                )
+                conn.exec_driver_sql("DROP TABLE feedback")
+                conn.exec_driver_sql("ALTER TABLE feedback__upgrade RENAME TO feedback")
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+    log.info("feedback database: feedback is now unique per (prediction, label, reviewer)")
+
+
 class FeedbackStore:
     """Predictions, feedback and ingestion watermarks in one SQL database.
 
@@ -300,8 +517,11 @@ class FeedbackStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Idempotent: creates missing tables only, never alters existing ones.
+        # Idempotent: creates missing tables only, never alters existing ones...
         metadata.create_all(engine)
+        # ...so columns added to a table since its database was made are added here.
+        _add_missing_columns(engine)
+        _per_reviewer_feedback(engine)
 
     @classmethod
     def from_params(cls, params: Params) -> FeedbackStore:
@@ -335,6 +555,7 @@ class FeedbackStore:
                 "model_name": r.model_name,
                 "model_version": str(r.model_version),
                 "created_at": now,
+                "principal": r.principal,
             }
             for r in rows
         ]
@@ -351,12 +572,55 @@ class FeedbackStore:
             ).first()
         return _prediction(row) if row is not None else None
 
+    # -- retention (feedback.retention_days, tasks/feedback/retention.py) --------------
+
+    @staticmethod
+    def _prunable(older_than: datetime) -> sa.Select:
+        """Ids of the predictions made before ``older_than`` that never got feedback."""
+        p, f = predictions_table, feedback_table
+        has_feedback = sa.exists().where(f.c.prediction_id == p.c.id)
+        return sa.select(p.c.id).where(p.c.created_at < older_than.astimezone(UTC), ~has_feedback)
+
+    def count_prunable_predictions(self, older_than: datetime) -> int:
+        """How many predictions :meth:`prune_predictions` would delete now."""
+        query = sa.select(sa.func.count()).select_from(self._prunable(older_than).subquery())
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def prune_predictions(self, older_than: datetime, batch: int) -> int:
+        """Delete the predictions made before ``older_than`` that never got feedback;
+        return how many.
+
+        Predictions with feedback stay: their feedback rows reference them and
+        ingestion reads their text. Each transaction deletes at most ``batch`` rows,
+        so the service's writes wait for one short batch, never for the whole table.
+        The feedback check is part of each DELETE, so feedback given meanwhile keeps
+        its prediction (on Postgres, a row whose feedback is being written is locked,
+        and skipped).
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        ids = self._prunable(older_than).limit(batch).with_for_update(skip_locked=True)
+        delete = predictions_table.delete().where(predictions_table.c.id.in_(ids.scalar_subquery()))
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                deleted = conn.execute(delete).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
     # -- feedback ----------------------------------------------------------------------
 
-    def _find_feedback(self, conn: sa.Connection, prediction_id: str, label: str) -> sa.Row | None:
+    def _find_feedback(
+        self, conn: sa.Connection, prediction_id: str, label: str, user: str | None
+    ) -> sa.Row | None:
+        f = feedback_table.c
         return conn.execute(
             sa.select(feedback_table).where(
-                feedback_table.c.prediction_id == prediction_id, feedback_table.c.label == label
+                f.prediction_id == prediction_id,
+                f.label == label,
+                sa.func.coalesce(f.user_name, "") == (user or ""),
             )
         ).first()
 
@@ -373,8 +637,9 @@ class FeedbackStore:
 
         ``task`` (the served model's type) checks the label against the
         prediction's text and ``known_labels`` and gives its stored form. The
-        same (prediction, label) sent again returns the stored row and creates
-        nothing, so clients can retry safely. Raises :class:`UnknownPrediction`,
+        same (prediction, label) sent again by the same ``user`` returns the stored
+        row and creates nothing, so clients can retry safely; another user's is
+        their own row (a second vote). Raises :class:`UnknownPrediction`,
         :class:`UnknownLabel` or :class:`InvalidLabel` before writing.
         """
         prediction = self.get_prediction(prediction_id)
@@ -387,7 +652,7 @@ class FeedbackStore:
         except LabelError as exc:
             raise InvalidLabel(str(exc), known_labels) from None
         with self.engine.connect() as conn:
-            existing = self._find_feedback(conn, prediction_id, label)
+            existing = self._find_feedback(conn, prediction_id, label, user)
         if existing is not None:
             return _feedback(existing), False
         kind: FeedbackKind = "confirmation" if label == prediction.label else "correction"
@@ -410,7 +675,7 @@ class FeedbackStore:
             # Two identical requests raced past the lookup above; the unique
             # constraint let one in, so this one is the repeat.
             with self.engine.connect() as conn:
-                existing = self._find_feedback(conn, prediction_id, label)
+                existing = self._find_feedback(conn, prediction_id, label, user)
             if existing is None:
                 raise
             return _feedback(existing), False
@@ -444,51 +709,156 @@ class FeedbackStore:
         consumer there passes a few seconds of settling. SQLite serialises
         writers, so ids always commit in order and 0 is safe.
         """
-        f, p = feedback_table, predictions_table
-        query = (
-            sa.select(
-                f.c.id,
-                f.c.prediction_id,
-                p.c.text,
-                f.c.label,
-                f.c.kind,
-                f.c.user_name,
-                f.c.created_at,
-                p.c.label.label("predicted_label"),
-                p.c.confidence,
-                p.c.model_name,
-                p.c.model_version,
-            )
-            .join(p, p.c.id == f.c.prediction_id)
-            .where(f.c.id > last_id)
-            .order_by(f.c.id.asc())
-        )
+        query = _items_query().where(feedback_table.c.id > last_id)
         if limit is not None:
             query = query.limit(limit)
         cutoff = _now() - timedelta(seconds=settle_seconds) if settle_seconds > 0 else None
         items: list[FeedbackItem] = []
         with self.engine.connect() as conn:
             for row in conn.execute(query):
-                m = row._mapping
-                created = _utc(m["created_at"])
-                if cutoff is not None and created > cutoff:
+                item = _item(row)
+                if cutoff is not None and item.created_at > cutoff:
                     break  # stop, not skip: the watermark must never pass an unsettled row
-                items.append(
-                    FeedbackItem(
-                        id=int(m["id"]),
-                        prediction_id=m["prediction_id"],
-                        text=m["text"],
-                        label=m["label"],
-                        kind=m["kind"],
-                        user=m["user_name"],
-                        created_at=created,
-                        predicted_label=m["predicted_label"],
-                        confidence=float(m["confidence"]),
-                        model_name=m["model_name"],
-                        model_version=m["model_version"],
-                    )
-                )
+                items.append(item)
         return items
+
+    def feedback_by_ids(self, ids: Collection[int]) -> list[FeedbackItem]:
+        """The feedback rows with these ids (those that exist), oldest first."""
+        wanted = sorted({int(i) for i in ids})
+        items: list[FeedbackItem] = []
+        with self.engine.connect() as conn:
+            # Chunks keep the IN list under every backend's parameter limit.
+            for start in range(0, len(wanted), ID_CHUNK):
+                chunk = wanted[start : start + ID_CHUNK]
+                query = _items_query().where(feedback_table.c.id.in_(chunk))
+                items += [_item(r) for r in conn.execute(query)]
+        return sorted(items, key=lambda i: i.id)
+
+    def corrections_by(
+        self, user: str | None, start: datetime, end: datetime, before_id: int
+    ) -> int:
+        """How many corrections ``user`` (None: anonymous) sent in [start, end) with an id
+        below ``before_id`` (the daily cap counts what came before a batch)."""
+        f = feedback_table.c
+        who = f.user_name.is_(None) if user is None else f.user_name == user
+        query = (
+            sa.select(sa.func.count())
+            .select_from(feedback_table)
+            .where(
+                who,
+                f.kind == "correction",
+                f.created_at >= start.astimezone(UTC),
+                f.created_at < end.astimezone(UTC),
+                f.id < before_id,
+            )
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # -- feedback set aside: conflicts and dead letters --------------------------------
+
+    def hold(self, rows: Sequence[Held]) -> int:
+        """Set feedback rows aside (a conflict to resolve, or a dead letter); return how
+        many were new. Idempotent: a row already held keeps its first record, so a run
+        killed after holding and re-run holds nothing twice."""
+        if not rows:
+            return 0
+        now = _now()
+        with self.engine.begin() as conn:
+            have = _existing(conn, held_table.c.feedback_id, [r.feedback_id for r in rows])
+            values = [
+                {
+                    "feedback_id": r.feedback_id,
+                    "queue": r.queue,
+                    "check_name": r.check,
+                    "reason": r.reason,
+                    "held_at": now,
+                }
+                for r in {r.feedback_id: r for r in rows}.values()
+                if r.feedback_id not in have
+            ]
+            if values:
+                conn.execute(held_table.insert(), values)
+        return len(values)
+
+    def held(self, queue: HeldQueue | None = None, *, pending: bool = True) -> list[HeldItem]:
+        """Feedback set aside, oldest first: one queue or both; by default only rows no
+        later ingestion resolved."""
+        h = held_table.c
+        query = (
+            _items_query()
+            .add_columns(h.queue, h.check_name, h.reason, h.held_at, h.resolution)
+            .join(held_table, h.feedback_id == feedback_table.c.id)
+        )
+        if queue is not None:
+            query = query.where(h.queue == queue)
+        if pending:
+            query = query.where(h.resolved_at.is_(None))
+        with self.engine.connect() as conn:
+            return [
+                HeldItem(
+                    item=_item(r),
+                    queue=r._mapping["queue"],
+                    check=r._mapping["check_name"],
+                    reason=r._mapping["reason"],
+                    held_at=_utc(r._mapping["held_at"]),
+                    resolution=r._mapping["resolution"],
+                )
+                for r in conn.execute(query)
+            ]
+
+    def held_ids(self) -> set[int]:
+        """Ids of every feedback row ever set aside, resolved or not."""
+        with self.engine.connect() as conn:
+            return {int(i) for i in conn.execute(sa.select(held_table.c.feedback_id)).scalars()}
+
+    def resolve_held(self, ids: Collection[int], resolution: str) -> int:
+        """Mark held rows resolved (``accepted``: now votes in the data; ``revoked``)."""
+        wanted = sorted({int(i) for i in ids})
+        done = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(wanted), ID_CHUNK):
+                done += conn.execute(
+                    held_table.update()
+                    .where(
+                        held_table.c.feedback_id.in_(wanted[start : start + ID_CHUNK]),
+                        held_table.c.resolved_at.is_(None),
+                    )
+                    .values(resolved_at=_now(), resolution=resolution)
+                ).rowcount
+        return done
+
+    # -- revocation --------------------------------------------------------------------
+
+    def revoke(
+        self, user: str, *, by: str, reason: str, since: datetime | None = None
+    ) -> list[int]:
+        """Withdraw the feedback ``user`` sent (at or after ``since``); return the ids
+        newly revoked. ``by`` names the principal who revoked it."""
+        f = feedback_table.c
+        query = sa.select(f.id).where(f.user_name == user)
+        if since is not None:
+            query = query.where(f.created_at >= since.astimezone(UTC))
+        now = _now()
+        with self.engine.begin() as conn:
+            ids = [int(i) for i in conn.execute(query).scalars()]
+            have = _existing(conn, revocations_table.c.feedback_id, ids)
+            new = [i for i in ids if i not in have]
+            if new:
+                conn.execute(
+                    revocations_table.insert(),
+                    [
+                        {"feedback_id": i, "revoked_by": by, "reason": reason, "revoked_at": now}
+                        for i in new
+                    ],
+                )
+        return new
+
+    def revoked_ids(self) -> set[int]:
+        """Ids of every revoked feedback row."""
+        with self.engine.connect() as conn:
+            query = sa.select(revocations_table.c.feedback_id)
+            return {int(i) for i in conn.execute(query).scalars()}
 
     # -- ingestion watermark -----------------------------------------------------------
 

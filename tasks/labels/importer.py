@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,8 +36,21 @@ from slmops.tasks.data.dataset import (
 )
 from slmops.tasks.data.versioning import data_hash, track
 from slmops.tasks.labels.sources import LabelFormat, VoteTable, read_votes, resolve_votes
+from slmops.tasks.validation.gate import ValidationResult
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An incoming row set aside because merging it would make the whole data set fail a
+    check (e.g. drain a class below ``min_examples_per_class``)."""
+
+    text: str
+    label: str
+    source_id: str  # the row's source ids, joined with ","
+    check: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class ImportSummary:
     new_labels: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     version: str | None = None  # DVC hash of data/labeled after the import
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # with ``dead_letter`` only
 
     @property
     def changed(self) -> bool:
@@ -159,6 +173,7 @@ def merge_votes(
     now: datetime | None = None,
     version: bool = True,
     quarantine_unknown_labels: bool = False,
+    dead_letter: bool = False,
 ) -> ImportSummary:
     """Resolve votes and merge them into the labeled data as one batch.
 
@@ -166,7 +181,10 @@ def merge_votes(
     ``feedback``). Unknown labels stop the batch with an error listing them,
     unless ``labels.allow_new`` makes them classes or
     ``quarantine_unknown_labels`` sets those rows aside instead. The merged data
-    must pass the gate before anything is written.
+    must pass the gate before anything is written: a batch that would make a check
+    of the whole data set fail is refused, or with ``dead_letter`` the rows that
+    make it fail are set aside (:attr:`ImportSummary.dead_letters`, not written
+    anywhere: the caller keeps them) and the rest is merged.
     """
     with project_lock(params, "merge labels"):
         return _merge_votes(
@@ -179,6 +197,7 @@ def merge_votes(
             now=now,
             version=version,
             quarantine_unknown_labels=quarantine_unknown_labels,
+            dead_letter=dead_letter,
         )
 
 
@@ -193,6 +212,7 @@ def _merge_votes(
     now: datetime | None = None,
     version: bool = True,
     quarantine_unknown_labels: bool = False,
+    dead_letter: bool = False,
 ) -> ImportSummary:
     now = now or datetime.now(UTC)
     stamp = now.isoformat(timespec="seconds")
@@ -228,26 +248,38 @@ def _merge_votes(
         annotator_count=resolved["annotator_count"].astype(str),
         agreement=resolved["agreement"].map("{:g}".format),
         **provenance,
-    ).reindex(columns=LABELED_COLUMNS)
+    ).reindex(columns=[*LABELED_COLUMNS, "annotators"])
 
     existing = read_labeled(params)
-    merged, corrections, unchanged = _merge(existing, incoming, stamp)
-    fresh = set(merged["text"].iloc[len(existing) :])
+    test_texts = read_test(params)["text"]
 
-    result = task.validate_frame(
-        merged,
-        params,
-        label_set,
-        read_test(params)["text"],
-        dataset=f"labeled + {source}",
-        required=LABELED_COLUMNS,
-    )
-    blocking_dataset = [c for c in result.checks if c.blocking and not c.rows]
-    if blocking_dataset:
+    def check(frame: pd.DataFrame) -> ValidationResult:
+        return task.validate_frame(
+            frame,
+            params,
+            label_set,
+            test_texts,
+            dataset=f"labeled + {source}",
+            required=LABELED_COLUMNS,
+        )
+
+    merged, corrections, unchanged = _merge(existing, incoming, stamp)
+    result = check(merged)
+    failing = dataset_failures(result)
+    dead_letters: list[DeadLetter] = []
+    if failing and dead_letter:
+        # Checks the data failed before this batch are not the batch's doing.
+        before = set(dataset_failures(check(existing)))
+        incoming, dead_letters = _set_aside_offending(existing, incoming, stamp, check, before)
+        merged, corrections, unchanged = _merge(existing, incoming, stamp)
+        result = check(merged)
+        failing = {c: m for c, m in dataset_failures(result).items() if c not in before}
+    if failing:
         raise DataError(
             f"{source}: importing it would make the labeled data fail the gate: "
-            + "; ".join(f"{c.check}: {c.message}" for c in blocking_dataset)
+            + "; ".join(f"{c}: {m}" for c, m in failing.items())
         )
+    fresh = set(merged["text"].iloc[len(existing) :])
     clean = result.clean
     corrections = corrections.loc[corrections["text"].isin(clean["text"])]
     set_aside = pd.concat(
@@ -271,6 +303,7 @@ def _merge_votes(
         quarantined=len(set_aside),
         new_labels=new_labels,
         problems=result.problems(),
+        dead_letters=dead_letters,
     )
     if not summary.changed:
         log.info("%s: nothing new (%d label(s) already in the data)", source, unchanged)
@@ -287,6 +320,59 @@ def _merge_votes(
         return summary
     track([paths.dir], params.root, push=params.dvc.push)
     return ImportSummary(**{**summary.__dict__, "version": data_hash(paths.dir)})
+
+
+def dataset_failures(result: ValidationResult) -> dict[str, str]:
+    """The blocking checks of the whole data set (not of single rows) that failed:
+    check name -> message."""
+    return {c.check: c.message for c in result.checks if c.blocking and not c.rows}
+
+
+def _set_aside_offending(
+    existing: pd.DataFrame,
+    incoming: pd.DataFrame,
+    stamp: str,
+    check: Callable[[pd.DataFrame], ValidationResult],
+    allowed: set[str],
+) -> tuple[pd.DataFrame, list[DeadLetter]]:
+    """Split ``incoming`` into the rows that can be merged and the rows that make a check
+    of the whole data set fail (checks in ``allowed`` failed before and are ignored).
+
+    Rows are taken in order; a bisection finds the first row whose addition makes a
+    check fail, sets it aside and goes on with the rest: O(log n) validations per row
+    set aside, one when nothing is.
+    """
+
+    def failures(positions: list[int]) -> dict[str, str]:
+        merged, _, _ = _merge(existing, incoming.iloc[positions], stamp)
+        return {c: m for c, m in dataset_failures(check(merged)).items() if c not in allowed}
+
+    kept: list[int] = []
+    dead: list[DeadLetter] = []
+    rest = list(range(len(incoming)))
+    while rest and failures(kept + rest):
+        lo, hi = 0, len(rest)  # kept + rest[:lo] passes, kept + rest[:hi] fails
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if failures(kept + rest[:mid]):
+                hi = mid
+            else:
+                lo = mid
+        failed = failures(kept + rest[:hi])
+        row = incoming.iloc[rest[lo]]
+        dead.append(
+            DeadLetter(
+                text=str(row["text"]),
+                label=str(row["label"]),
+                source_id=str(row["source_id"]),
+                check=", ".join(failed),
+                reason="merging it would make the labeled data fail "
+                + "; ".join(f"{c}: {m}" for c, m in failed.items()),
+            )
+        )
+        kept += rest[:lo]
+        rest = rest[hi:]
+    return incoming.iloc[kept + rest], dead
 
 
 def _merge(
@@ -331,6 +417,7 @@ def _merge(
                 "new_source_id": row.source_id,
                 "batch_id": row.batch_id,
                 "corrected_at": stamp,
+                "new_annotators": row.annotators,
             }
         )
         replaced[i] = row._asdict()

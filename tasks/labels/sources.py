@@ -34,10 +34,12 @@ import pandas as pd
 
 from slmops.tasks.core.config import ImportConfig
 from slmops.tasks.core.errors import DataError
+from slmops.tasks.data.dataset import FORMULA_ESCAPE_COLUMN, FORMULA_ESCAPE_MARK, unescape_formula
 
 VOTE_COLUMNS = ("text", "label", "annotator", "source_id")
 REJECTED_COLUMNS = ("text", "label", "source_id", "reason")
-RESOLVED_COLUMNS = ("text", "label", "annotator_count", "agreement", "source_id")
+# ``annotators``: who voted (provenance of the label), joined with ",".
+RESOLVED_COLUMNS = ("text", "label", "annotator_count", "agreement", "source_id", "annotators")
 QUARANTINED_COLUMNS = (*RESOLVED_COLUMNS, "reason")
 
 NO_USABLE_ANNOTATION = "no usable annotation (all skipped or empty)"
@@ -596,6 +598,11 @@ def _read_csv(path: Path, cfg: ImportConfig) -> tuple[pd.DataFrame, pd.DataFrame
             raise DataError(f"{path}: line 1: column {column!r} appears {count} times")
         positions[setting] = header.index(column)
 
+    # Files meant for spreadsheets (the review export, validation reports) put a ' before
+    # cells that would run as formulas, and mark those rows; the original text is
+    # what gets imported (escape_formulas in tasks/data/dataset.py).
+    escaped = header.index(FORMULA_ESCAPE_COLUMN) if FORMULA_ESCAPE_COLUMN in header else None
+
     rows = Rows()
     previous_end = reader.line_num
     number = 0
@@ -615,15 +622,25 @@ def _read_csv(path: Path, cfg: ImportConfig) -> tuple[pd.DataFrame, pd.DataFrame
                 f"{path}: line {line}: expected {len(header)} fields as in the header, "
                 f"found {len(record)}"
             )
-        item_text = record[positions["text_column"]].strip()
-        label = record[positions["label_column"]].strip()
+        mark = record[escaped].strip() if escaped is not None else ""
+        cell = unescape_formula if mark == FORMULA_ESCAPE_MARK else str
+        item_text = cell(record[positions["text_column"]]).strip()
+        label = cell(record[positions["label_column"]]).strip()
         annotator = ""
         if "annotator_column" in positions:
-            annotator = record[positions["annotator_column"]].strip()
+            annotator = cell(record[positions["annotator_column"]]).strip()
         # Without an annotator every row is its own vote, so repeated rows still count.
         annotator = annotator or f"row{number}"
         source_id = f"line {line}"
-        if not item_text:
+        if mark not in ("", FORMULA_ESCAPE_MARK):
+            rows.reject(
+                item_text,
+                label,
+                source_id,
+                f"{FORMULA_ESCAPE_COLUMN} is {mark!r}: expected {FORMULA_ESCAPE_MARK!r} (the "
+                "export escaped the row's cells) or empty",
+            )
+        elif not item_text:
             rows.reject(item_text, label, source_id, "empty text")
         elif not label:
             rows.reject(item_text, label, source_id, "empty label")
@@ -654,7 +671,7 @@ def resolve_votes(votes: pd.DataFrame, min_agreement: float) -> tuple[pd.DataFra
 
     Returns ``(resolved, quarantined)`` with :data:`RESOLVED_COLUMNS` and
     :data:`QUARANTINED_COLUMNS`, texts in order of first appearance; ``source_id``
-    joins the distinct source ids of a text with ``,``.
+    joins the distinct source ids of a text with ``,``, ``annotators`` its annotators.
     """
     missing = [c for c in VOTE_COLUMNS if c not in votes.columns]
     if missing:
@@ -678,6 +695,7 @@ def resolve_votes(votes: pd.DataFrame, min_agreement: float) -> tuple[pd.DataFra
         leaders = sorted(label for label, count in counts.items() if count == top)
         agreement = round(top / n, 4)
         source_id = ",".join(sources[text])
+        annotators = ",".join(by_annotator)
 
         reasons = []
         if len(leaders) > 1:
@@ -687,7 +705,7 @@ def resolve_votes(votes: pd.DataFrame, min_agreement: float) -> tuple[pd.DataFra
             reasons.append(
                 f"agreement {_number(agreement)} below min_agreement {_number(min_agreement)}"
             )
-        row = (text, "|".join(leaders), n, agreement, source_id)
+        row = (text, "|".join(leaders), n, agreement, source_id, annotators)
         if reasons:
             quarantined.append((*row, "; ".join(reasons)))
         else:

@@ -33,3 +33,73 @@ def test_feedback_past_the_threshold_makes_a_version_and_retrains(project):
 
     again = ingest_feedback_flow(params_path=str(path))
     assert again["read"] == 0 and again["retrain"] is None
+
+
+def test_a_batch_that_would_drain_a_class_is_reported_not_wedged(project, monkeypatch):
+    import yaml
+
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.data.dataset import read_labeled
+    from slmops.tasks.feedback.ingest import watermark
+    from slmops.tasks.feedback.store import FeedbackStore
+    from tests.flows.feedback import record_corrections
+    from tests.webhook import Webhook
+
+    path = project / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    # One reviewer may relabel curated texts; no retrain, only the ingestion is under test.
+    raw["feedback"] = {"reviewers_to_override": 1, "retrain_after_labels": 1000}
+    path.write_text(yaml.safe_dump(raw))
+    params = load_params(path)
+    data = read_labeled(params)
+    floor = params.validation.min_examples_per_class
+    rare = data.loc[data["label"] == "exchange_rate", "text"].tolist()
+    record_corrections(params, [(t, "card_arrival") for t in rare])
+
+    with Webhook() as hook:
+        monkeypatch.setenv("SLMOPS_NOTIFY_URL", hook.url)
+        state = ingest_feedback_flow(params_path=str(path), return_state=True)
+
+    result = state.result()
+    assert state.is_completed() and "feedback text(s) dead-lettered" in state.message
+    assert result["dead_lettered"] == floor and result["corrected"] == len(rare) - floor
+    (post,) = [p["json"] for p in hook.posts]
+    assert post["event"] == "feedback_dead_lettered" and post["dead_lettered"] == floor
+    assert "min_examples_per_class" in post["rows"][0]["reason"]
+    with FeedbackStore.from_params(params) as store:
+        assert watermark(store) == len(rare)  # moved past the batch: nothing wedges
+    again = ingest_feedback_flow(params_path=str(path))
+    assert again["read"] == 0 and again["dead_lettered"] == 0
+
+
+def test_each_run_deletes_old_predictions_that_never_got_feedback(project):
+    from datetime import UTC, datetime, timedelta
+
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.tasks.core.config import load_params
+    from slmops.tasks.feedback.store import FeedbackStore, NewPrediction, predictions_table
+
+    path = project / "params.yaml"
+    params = load_params(path)
+    assert params.feedback.retention_days == 30
+    with FeedbackStore.from_params(params) as store:
+        old, recent = store.log_predictions(
+            [
+                NewPrediction(text, "card_arrival", 0.5, [], "slmops-intent", "1")
+                for text in ("asked 31 days ago", "asked just now")
+            ]
+        )
+        with store.engine.begin() as conn:
+            conn.execute(
+                predictions_table.update()
+                .where(predictions_table.c.id == old)
+                .values(created_at=datetime.now(UTC) - timedelta(days=31))
+            )
+
+    result = ingest_feedback_flow(params_path=str(path), trigger_retrain=False)
+
+    assert result["read"] == 0 and result["pruned_predictions"] == 1
+    with FeedbackStore.from_params(params) as store:
+        assert store.get_prediction(old) is None
+        assert store.get_prediction(recent) is not None

@@ -13,7 +13,6 @@ import pytest
 
 from slmops.tasks.core.config import load_params
 from slmops.tasks.data.dataset import LabeledPaths, load_label_set, read_labeled
-from slmops.tasks.data.versioning import track
 from slmops.tasks.feedback.ingest import (
     RETRAIN_MARK,
     labels_since_retrain,
@@ -21,40 +20,15 @@ from slmops.tasks.feedback.ingest import (
     retrain_reason,
     watermark,
 )
-from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
+from slmops.tasks.feedback.store import FeedbackStore
 from slmops.tasks.pipeline.prepare import ingest_feedback
 from slmops.tasks.task_types import task_type
-from tests.conftest import REPO, dvc_project, run
+from tests.conftest import REPO, run
+from tests.tasks.feedback.conftest import predict_and_correct
 
 SEQUENCE = task_type("sequence_classification")
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def project(tiny_project: Path, git_identity) -> Path:
-    """The tiny project as a git + DVC repository with its data committed."""
-    dvc_project(tiny_project)
-    params = load_params(tiny_project / "params.yaml")
-    track([LabeledPaths(params).dir, LabeledPaths(params).test_dir], tiny_project, push=False)
-    for cmd in (
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "data"],
-    ):
-        assert run(cmd, tiny_project).returncode == 0
-    return tiny_project
-
-
-def predict_and_correct(store: FeedbackStore, labels: list[str], items) -> list[int]:
-    """Log one prediction per (text, predicted, given, user) and the feedback on it."""
-    ids = store.log_predictions(
-        [NewPrediction(text, pred, 0.5, [], "slmops-intent", "1") for text, pred, _, _ in items]
-    )
-    out = []
-    for pid, (_, _, given, user) in zip(ids, items, strict=True):
-        row, _ = store.add_feedback(pid, given, labels, user=user, task=SEQUENCE)
-        out.append(row.id)
-    return out
 
 
 NEW_TEXTS = [

@@ -83,17 +83,20 @@ def test_log_predictions_returns_ids_in_order_and_rows_round_trip(store):
     assert store.log_predictions([]) == []
 
 
-def test_feedback_is_idempotent_per_prediction_and_label(store):
+def test_feedback_is_idempotent_per_prediction_label_and_reviewer(store):
     (pid,) = store.log_predictions([new("where is my card", "card_arrival")])
     row, created = store.add_feedback(pid, "lost_or_stolen_card", LABELS, user="ana", task=SEQUENCE)
     assert created and row.kind == "correction" and row.user == "ana"
     again, created_again = store.add_feedback(
-        pid, "lost_or_stolen_card", LABELS, user="bob", task=SEQUENCE
+        pid, "lost_or_stolen_card", LABELS, user="ana", task=SEQUENCE
     )
-    assert not created_again and again == row  # the stored row, unchanged
+    assert not created_again and again == row  # a retry: the stored row, unchanged
+    # Another reviewer agreeing is their own row: a second vote, not a repeat.
+    bob, created = store.add_feedback(pid, "lost_or_stolen_card", LABELS, user="bob", task=SEQUENCE)
+    assert created and bob.user == "bob" and bob.id > row.id
     confirm, created = store.add_feedback(pid, "card_arrival", LABELS, task=SEQUENCE)
-    assert created and confirm.kind == "confirmation" and confirm.id > row.id
-    assert store.counts() == {"predictions": 1, "feedback": 2}
+    assert created and confirm.kind == "confirmation" and confirm.id > bob.id
+    assert store.counts() == {"predictions": 1, "feedback": 3}
 
 
 def test_unknown_prediction_and_label_write_nothing(store):

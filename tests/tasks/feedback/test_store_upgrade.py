@@ -1,0 +1,149 @@
+"""A feedback database made before ``predictions.principal`` existed: opening it adds the
+column (nullable: the old rows read None) and keeps every row; opening it again does
+nothing. On SQLite, and on a throwaway Postgres cluster when its binaries are found."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from slmops.tasks.feedback.store import FeedbackStore, NewPrediction, make_engine
+from tests.tasks.core.test_lock import postgres_url  # noqa: F401 (a fixture)
+
+# The predictions table as the first release made it (no principal column).
+OLD_PREDICTIONS = """
+CREATE TABLE predictions (
+    id VARCHAR(32) NOT NULL PRIMARY KEY,
+    text TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence FLOAT NOT NULL,
+    top_k JSON NOT NULL,
+    model_name VARCHAR(255) NOT NULL,
+    model_version VARCHAR(64) NOT NULL,
+    created_at {timestamp} NOT NULL
+)
+"""
+
+
+def fresh_database(server: str) -> str:
+    """A new, empty database in the (module-wide) Postgres cluster at ``server``."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return str(sa.engine.make_url(server).set(database=name))
+
+
+def old_database(tmp_path, url: str | None = None) -> str:
+    url = fresh_database(url) if url else f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as conn:
+        timestamp = "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE"
+        conn.execute(sa.text(OLD_PREDICTIONS.format(timestamp=timestamp)))
+        for i in range(3):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO predictions VALUES (:id, :text, 'card_arrival', 0.5, '[]', "
+                    "'slmops-intent', '1', :at)"
+                ),
+                {"id": f"{i:032x}", "text": f"old text {i}", "at": datetime.now(UTC)},
+            )
+    engine.dispose()
+    return url
+
+
+def columns(store: FeedbackStore) -> set[str]:
+    return {c["name"] for c in sa.inspect(store.engine).get_columns("predictions")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_old_database_gains_the_principal_column_and_keeps_its_rows(tmp_path, backend, request):
+    server = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    url = old_database(tmp_path, server)
+    with FeedbackStore(make_engine(url, tmp_path)) as store:
+        assert "principal" in columns(store)
+        old = store.get_prediction(f"{1:032x}")
+        assert old is not None and old.text == "old text 1" and old.principal is None
+        (new,) = store.log_predictions(
+            [NewPrediction("new text", "card_arrival", 0.9, [], "slmops-intent", "2", "alice")]
+        )
+        assert store.get_prediction(new).principal == "alice"
+        assert store.counts()["predictions"] == 4
+    # Opening it again changes nothing and fails on nothing.
+    with FeedbackStore(make_engine(url, tmp_path)) as store:
+        assert store.get_prediction(new).principal == "alice"
+        assert store.counts()["predictions"] == 4
+
+
+def test_a_missing_column_that_is_not_nullable_is_refused_not_guessed(tmp_path, monkeypatch):
+    from slmops.tasks.feedback import store as store_module
+
+    url = old_database(tmp_path)
+    # As if the new column were NOT NULL: old rows would have no value for it.
+    monkeypatch.setattr(store_module.predictions_table.c.principal, "nullable", False)
+    with pytest.raises(RuntimeError, match="lacks the column principal"):
+        FeedbackStore(make_engine(url, tmp_path))
+
+
+# The feedback table as the first release made it: one row per (prediction, label).
+OLD_FEEDBACK = """
+CREATE TABLE feedback (
+    id INTEGER NOT NULL PRIMARY KEY {autoincrement},
+    prediction_id VARCHAR(32) NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    kind VARCHAR(16) NOT NULL,
+    user_name VARCHAR(255),
+    created_at {timestamp} NOT NULL,
+    CONSTRAINT uq_feedback_prediction_label UNIQUE (prediction_id, label),
+    CONSTRAINT ck_feedback_kind CHECK (kind IN ('correction', 'confirmation'))
+)
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_old_feedback_table_becomes_unique_per_reviewer_and_keeps_its_rows(
+    tmp_path, backend, request
+):
+    from slmops.tasks.task_types import task_type
+
+    server = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    url = old_database(tmp_path, server)
+    engine = sa.create_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                OLD_FEEDBACK.format(
+                    autoincrement="" if sqlite else "GENERATED BY DEFAULT AS IDENTITY",
+                    timestamp="DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE",
+                )
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO feedback (prediction_id, label, kind, user_name, created_at) "
+                "VALUES (:p, 'top_up_failed', 'correction', 'ann', :at)"
+            ),
+            {"p": f"{0:032x}", "at": datetime.now(UTC)},
+        )
+    engine.dispose()
+    labels = ["card_arrival", "top_up_failed"]
+    sequence = task_type("sequence_classification")
+    for _ in range(2):  # the second opening finds nothing to upgrade
+        with FeedbackStore(make_engine(url, tmp_path)) as store:
+            # Another reviewer agreeing on the same prediction is a second row (a vote)...
+            bob, created = store.add_feedback(
+                f"{0:032x}", "top_up_failed", labels, user="bob", task=sequence
+            )
+            # ...and the same reviewer sending it again is still the stored row.
+            ann, again = store.add_feedback(
+                f"{0:032x}", "top_up_failed", labels, user="ann", task=sequence
+            )
+            assert not again and ann.id == 1 and bob.id == 2
+            assert store.counts()["feedback"] == 2
+    assert created is False  # bob's row from the first opening
