@@ -673,12 +673,15 @@ class FeedbackStore:
             return _feedback(row), True
         except IntegrityError:
             # Two identical requests raced past the lookup above; the unique
-            # constraint let one in, so this one is the repeat.
+            # constraint let one in, so this one is the repeat...
             with self.engine.connect() as conn:
                 existing = self._find_feedback(conn, prediction_id, label, user)
-            if existing is None:
-                raise
-            return _feedback(existing), False
+            if existing is not None:
+                return _feedback(existing), False
+            # ...or retention deleted the prediction meanwhile (the foreign key).
+            if self.get_prediction(prediction_id) is None:
+                raise UnknownPrediction(prediction_id) from None
+            raise
 
     def review_queue(self, limit: int, since: datetime | None = None) -> list[PredictionRecord]:
         """Predictions nobody has given feedback on yet, least confident first.

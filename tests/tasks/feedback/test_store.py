@@ -18,6 +18,7 @@ from slmops.tasks.feedback.store import (
     UnknownLabel,
     UnknownPrediction,
     make_engine,
+    predictions_table,
     resolve_url,
 )
 from slmops.tasks.task_types import task_type
@@ -97,6 +98,21 @@ def test_feedback_is_idempotent_per_prediction_label_and_reviewer(store):
     confirm, created = store.add_feedback(pid, "card_arrival", LABELS, task=SEQUENCE)
     assert created and confirm.kind == "confirmation" and confirm.id > bob.id
     assert store.counts() == {"predictions": 1, "feedback": 3}
+
+
+def test_a_prediction_deleted_while_feedback_is_written_is_unknown_not_an_error(store, monkeypatch):
+    # Retention deletes the prediction between the lookup and the insert: the foreign
+    # key refuses the row, and the client hears 404 (unknown id), not a server error.
+    (pid,) = store.log_predictions([new("about to be pruned")])
+    looked_up = store.get_prediction(pid)
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(predictions_table).where(predictions_table.c.id == pid))
+    calls = iter([looked_up])
+    real = store.get_prediction
+    monkeypatch.setattr(store, "get_prediction", lambda i: next(calls, None) or real(i))
+    with pytest.raises(UnknownPrediction):
+        store.add_feedback(pid, "card_arrival", LABELS, user="ana", task=SEQUENCE)
+    assert store.counts()["feedback"] == 0
 
 
 def test_unknown_prediction_and_label_write_nothing(store):
