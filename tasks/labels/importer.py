@@ -187,139 +187,112 @@ def merge_votes(
     anywhere: the caller keeps them) and the rest is merged.
     """
     with project_lock(params, "merge labels"):
-        return _merge_votes(
-            table,
-            params,
-            task,
-            source=source,
-            batch_id=batch_id,
-            kind=kind,
-            now=now,
-            version=version,
-            quarantine_unknown_labels=quarantine_unknown_labels,
-            dead_letter=dead_letter,
-        )
+        now = now or datetime.now(UTC)
+        stamp = now.isoformat(timespec="seconds")
+        paths = LabeledPaths(params)
 
-
-def _merge_votes(
-    table: VoteTable,
-    params: Params,
-    task: TaskType,
-    *,
-    source: str,
-    batch_id: str,
-    kind: str = "import",
-    now: datetime | None = None,
-    version: bool = True,
-    quarantine_unknown_labels: bool = False,
-    dead_letter: bool = False,
-) -> ImportSummary:
-    now = now or datetime.now(UTC)
-    stamp = now.isoformat(timespec="seconds")
-    paths = LabeledPaths(params)
-
-    resolved, vote_quarantine = resolve_votes(table.votes, params.label_import.min_agreement)
-    label_set = load_label_set(params)
-    unknown_quarantine = resolved.iloc[0:0].assign(reason="")
-    if quarantine_unknown_labels and not params.labels.allow_new:
-        names = _unknown_classes(resolved, label_set, task)
-        unknown = names.map(bool)
-        unknown_quarantine = resolved.loc[unknown].assign(
-            reason=names[unknown].map(
-                lambda n: (
-                    f"label {n[0]!r} is not in the label set"
-                    if len(n) == 1
-                    else f"labels {n} are not in the label set"
+        resolved, vote_quarantine = resolve_votes(table.votes, params.label_import.min_agreement)
+        label_set = load_label_set(params)
+        unknown_quarantine = resolved.iloc[0:0].assign(reason="")
+        if quarantine_unknown_labels and not params.labels.allow_new:
+            names = _unknown_classes(resolved, label_set, task)
+            unknown = names.map(bool)
+            unknown_quarantine = resolved.loc[unknown].assign(
+                reason=names[unknown].map(
+                    lambda n: (
+                        f"label {n[0]!r} is not in the label set"
+                        if len(n) == 1
+                        else f"labels {n} are not in the label set"
+                    )
                 )
             )
-        )
-        resolved = resolved.loc[~unknown]
-    new_labels = _check_labels(resolved, label_set, source, params.labels.allow_new, task)
-    label_set = label_set + new_labels
+            resolved = resolved.loc[~unknown]
+        new_labels = _check_labels(resolved, label_set, source, params.labels.allow_new, task)
+        label_set = label_set + new_labels
 
-    provenance = {
-        "source": kind,
-        "source_file": source,
-        "batch_id": batch_id,
-        "imported_at": stamp,
-    }
-    # The labeled data is all text on disk; numbers are written as read back.
-    incoming = resolved.assign(
-        annotator_count=resolved["annotator_count"].astype(str),
-        agreement=resolved["agreement"].map("{:g}".format),
-        **provenance,
-    ).reindex(columns=[*LABELED_COLUMNS, "annotators"])
+        provenance = {
+            "source": kind,
+            "source_file": source,
+            "batch_id": batch_id,
+            "imported_at": stamp,
+        }
+        # The labeled data is all text on disk; numbers are written as read back.
+        incoming = resolved.assign(
+            annotator_count=resolved["annotator_count"].astype(str),
+            agreement=resolved["agreement"].map("{:g}".format),
+            **provenance,
+        ).reindex(columns=[*LABELED_COLUMNS, "annotators"])
 
-    existing = read_labeled(params)
-    test_texts = read_test(params)["text"]
+        existing = read_labeled(params)
+        test_texts = read_test(params)["text"]
 
-    def check(frame: pd.DataFrame) -> ValidationResult:
-        return task.validate_frame(
-            frame,
-            params,
-            label_set,
-            test_texts,
-            dataset=f"labeled + {source}",
-            required=LABELED_COLUMNS,
-        )
+        def check(frame: pd.DataFrame) -> ValidationResult:
+            return task.validate_frame(
+                frame,
+                params,
+                label_set,
+                test_texts,
+                dataset=f"labeled + {source}",
+                required=LABELED_COLUMNS,
+            )
 
-    merged, corrections, unchanged = _merge(existing, incoming, stamp)
-    result = check(merged)
-    failing = dataset_failures(result)
-    dead_letters: list[DeadLetter] = []
-    if failing and dead_letter:
-        # Checks the data failed before this batch are not the batch's doing.
-        before = set(dataset_failures(check(existing)))
-        incoming, dead_letters = _set_aside_offending(existing, incoming, stamp, check, before)
         merged, corrections, unchanged = _merge(existing, incoming, stamp)
         result = check(merged)
-        failing = {c: m for c, m in dataset_failures(result).items() if c not in before}
-    if failing:
-        raise DataError(
-            f"{source}: importing it would make the labeled data fail the gate: "
-            + "; ".join(f"{c}: {m}" for c, m in failing.items())
+        failing = dataset_failures(result)
+        dead_letters: list[DeadLetter] = []
+        if failing and dead_letter:
+            # Checks the data failed before this batch are not the batch's doing.
+            before = set(dataset_failures(check(existing)))
+            incoming, dead_letters = _set_aside_offending(existing, incoming, stamp, check, before)
+            merged, corrections, unchanged = _merge(existing, incoming, stamp)
+            result = check(merged)
+            failing = {c: m for c, m in dataset_failures(result).items() if c not in before}
+        if failing:
+            raise DataError(
+                f"{source}: importing it would make the labeled data fail the gate: "
+                + "; ".join(f"{c}: {m}" for c, m in failing.items())
+            )
+        fresh = set(merged["text"].iloc[len(existing) :])
+        clean = result.clean
+        corrections = corrections.loc[corrections["text"].isin(clean["text"])]
+        set_aside = pd.concat(
+            [
+                table.rejected.assign(check="parse", **provenance),
+                vote_quarantine.assign(check="vote", **provenance),
+                unknown_quarantine.assign(check="label_in_set", **provenance),
+                result.quarantined,
+            ],
+            ignore_index=True,
+        ).assign(quarantined_at=stamp)
+
+        summary = ImportSummary(
+            source=source,
+            fmt=table.fmt,
+            batch_id=batch_id,
+            votes=len(table.votes),
+            added=int(clean["text"].isin(fresh).sum()),
+            corrected=len(corrections),
+            unchanged=unchanged,
+            quarantined=len(set_aside),
+            new_labels=new_labels,
+            problems=result.problems(),
+            dead_letters=dead_letters,
         )
-    fresh = set(merged["text"].iloc[len(existing) :])
-    clean = result.clean
-    corrections = corrections.loc[corrections["text"].isin(clean["text"])]
-    set_aside = pd.concat(
-        [
-            table.rejected.assign(check="parse", **provenance),
-            vote_quarantine.assign(check="vote", **provenance),
-            unknown_quarantine.assign(check="label_in_set", **provenance),
-            result.quarantined,
-        ],
-        ignore_index=True,
-    ).assign(quarantined_at=stamp)
+        if not summary.changed:
+            log.info("%s: nothing new (%d label(s) already in the data)", source, unchanged)
+            return summary
 
-    summary = ImportSummary(
-        source=source,
-        fmt=table.fmt,
-        batch_id=batch_id,
-        votes=len(table.votes),
-        added=int(clean["text"].isin(fresh).sum()),
-        corrected=len(corrections),
-        unchanged=unchanged,
-        quarantined=len(set_aside),
-        new_labels=new_labels,
-        problems=result.problems(),
-        dead_letters=dead_letters,
-    )
-    if not summary.changed:
-        log.info("%s: nothing new (%d label(s) already in the data)", source, unchanged)
-        return summary
-
-    write_csv_atomic(clean.reindex(columns=LABELED_COLUMNS), paths.labeled)
-    if len(set_aside):
-        append_rows(paths.quarantine, set_aside, QUARANTINE_COLUMNS)
-    if len(corrections):
-        append_rows(paths.corrections, corrections, CORRECTION_COLUMNS)
-    if new_labels:
-        write_json_atomic(label_set, paths.labels)
-    if not version:
-        return summary
-    track([paths.dir], params.root, push=params.dvc.push)
-    return ImportSummary(**{**summary.__dict__, "version": data_hash(paths.dir)})
+        write_csv_atomic(clean.reindex(columns=LABELED_COLUMNS), paths.labeled)
+        if len(set_aside):
+            append_rows(paths.quarantine, set_aside, QUARANTINE_COLUMNS)
+        if len(corrections):
+            append_rows(paths.corrections, corrections, CORRECTION_COLUMNS)
+        if new_labels:
+            write_json_atomic(label_set, paths.labels)
+        if not version:
+            return summary
+        track([paths.dir], params.root, push=params.dvc.push)
+        return ImportSummary(**{**summary.__dict__, "version": data_hash(paths.dir)})
 
 
 def dataset_failures(result: ValidationResult) -> dict[str, str]:
