@@ -53,5 +53,6 @@ services-stop:  ## stop the services started by `make services`
 services-status:  ## which services are running
 	./infra/services.sh status
 
-deploy: setup  ## register the retrain (weekly), ingest_feedback (hourly) and monitor deployments
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m slmops.flows.deployments
+# `make deploy DEPLOY_ARGS="--params other/params.yaml --paused"`: see --help of the module.
+deploy: setup  ## register the deployments (retrain weekly, ingest_feedback hourly, monitor), their automations
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m slmops.flows.deployments $(DEPLOY_ARGS)

@@ -369,7 +369,7 @@ def child_retrain(args: dict[str, Any]) -> dict[str, Any]:
     from slmops.flows.retrain import retrain
 
     started = time.time()
-    state = retrain(params_path="params.yaml", trigger="benchmark", return_state=True)
+    state = retrain(params_path="params.yaml", trigger="benchmark", force=True, return_state=True)
     ended = time.time()
     result = state.result()
     flow_run_id = state.state_details.flow_run_id

@@ -3,9 +3,10 @@
 Reads the feedback after the watermark, merges it into the labeled data as a
 new DVC version (gate, conflicts, provenance; see ``tasks/feedback/ingest.py``),
 records the champion's live accuracy, deletes the predictions older than
-``feedback.retention_days`` that never got feedback, and triggers ``retrain``
-when a threshold is crossed: as a run of the ``retrain`` deployment when the Prefect
-API has one (a server with ``make deploy``), else as a subflow.
+``feedback.retention_days`` that never got feedback, and, when a threshold is crossed,
+emits the Prefect event ``slmops.feedback.retrain-due`` (``flows/events.py``): on a
+server set up with ``make deploy`` the automation of the ``retrain`` deployment starts
+the run; without one (ephemeral mode) ``retrain`` runs here as a subflow.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.events.schemas.events import Resource
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, State
 
+from slmops.flows.events import RETRAIN_DUE, emit_prefect_event, model_resource
+from slmops.flows.parameters import Trigger
 from slmops.flows.retrain import retrain
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.config import load_params
@@ -52,28 +59,63 @@ def prune_task(params) -> RetentionResult:
         return apply_retention(params, store)
 
 
-def _deployment_exists(name: str) -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
+def _retrain_route(name: str, resource: dict[str, str]) -> str:
+    """How a due retrain starts: ``automation`` when the Prefect API has deployment
+    ``name`` with an enabled automation on :data:`RETRAIN_DUE` for this model (``make
+    deploy``), ``deployment`` when it has the deployment without one (registered some
+    other way), ``subflow`` when it has no such deployment (ephemeral mode)."""
     with get_client(sync_client=True) as client:
         try:
-            client.read_deployment_by_name(name)
+            deployment = client.read_deployment_by_name(name)
         except ObjectNotFound:
-            return False
-    return True
+            return "subflow"
+        owned = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+    for automation in owned:
+        trigger = automation.trigger
+        if (
+            automation.enabled
+            and RETRAIN_DUE in getattr(trigger, "expect", ())
+            and trigger.match.matches(Resource(root=resource))
+        ):
+            return "automation"
+    return "deployment"
 
 
 @step(name="trigger-retrain")
-def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str, Any]:
-    """Start ``retrain``: a run of its deployment when the Prefect API has one (a
-    server set up with ``make deploy``), else the flow itself as a subflow."""
+def trigger_task(
+    params_path: str, profile: str | None, reason: str, pending: int, live: dict[str, Any]
+) -> dict[str, Any]:
+    """Ask for a retrain: emit :data:`RETRAIN_DUE`, whose automation on the ``retrain``
+    deployment starts the run (``make deploy``: exactly one run, the flow starts none
+    itself); a deployment without that automation gets a run started here; without the
+    deployment (no server, or none set up) the flow runs as a subflow."""
     logger = get_run_logger()
     params = load_params(params_path, profile)
     name = params.feedback.retrain_deployment
-    if _deployment_exists(name):
-        from prefect.deployments import run_deployment
-
+    resource = model_resource(params.registry.model_name)
+    route = _retrain_route(name, resource)
+    event_id = emit_prefect_event(
+        RETRAIN_DUE,
+        resource,
+        {
+            "reason": reason,
+            "pending_labels": pending,
+            "live_accuracy": live,
+            "params_path": params_path,
+            "profile": profile,
+            "trigger": Trigger.feedback.value,
+        },
+    )
+    if route == "automation" and event_id is not None:
+        logger.info(
+            "event %s (%s) emitted: the automation of deployment %s starts the retrain: %s",
+            RETRAIN_DUE,
+            event_id,
+            name,
+            reason,
+        )
+        return {"mode": "automation", "event_id": event_id, "deployment": name}
+    if route != "subflow":
         run = run_deployment(
             name=name,
             parameters={"params_path": params_path, "profile": profile, "trigger": "feedback"},
@@ -81,10 +123,14 @@ def trigger_task(params_path: str, profile: str | None, reason: str) -> dict[str
             as_subflow=False,
         )
         logger.info("started a run of deployment %s (%s): %s", name, run.id, reason)
-        return {"mode": "deployment", "flow_run_id": str(run.id)}
+        return {"mode": "deployment", "flow_run_id": str(run.id), "event_id": event_id}
     logger.info("no deployment %s on this Prefect API: retraining as a subflow", name)
-    result = retrain(params_path=params_path, profile=profile, trigger="feedback")
-    return {"mode": "subflow", **{k: result[k] for k in ("version", "promoted", "decision")}}
+    result = retrain(params_path=params_path, profile=profile, trigger=Trigger.feedback)
+    return {
+        "mode": "subflow",
+        "event_id": event_id,
+        **{k: result[k] for k in ("version", "promoted", "decision")},
+    }
 
 
 def _set_aside_lines(result: IngestResult) -> list[str]:
@@ -148,9 +194,14 @@ def ingest_feedback_flow(
 ) -> dict[str, Any] | State:
     """Ingest new feedback into the labeled data; retrain when a threshold is crossed.
 
-    ``limit`` caps the feedback rows taken in one run; ``trigger_retrain``
-    false only reports whether a retrain is due. When feedback was dead-lettered the
-    run ends Completed with a message saying so (calling the flow still returns the dict).
+    When feedback was dead-lettered the run ends Completed with a message saying so
+    (calling the flow still returns the dict).
+
+    Args:
+        params_path: the project's params file (relative: to the flow's working directory)
+        profile: overrides of ``profiles.<name>`` in the params file (none: the file as it is)
+        trigger_retrain: false only reports whether a retrain is due (no event, no run)
+        limit: take at most this many feedback rows in this run
     """
     logger = get_run_logger()
     params = load_params_step(params_path, profile)
@@ -163,7 +214,7 @@ def ingest_feedback_flow(
         reason = retrain_reason(params, pending, result.live)
         triggered = None
         if reason and trigger_retrain:
-            triggered = trigger_task(params_path, profile, reason)
+            triggered = trigger_task(params_path, profile, reason, pending, result.live)
             # Whatever the retrain's outcome, these labels were in its data.
             store.set_watermark(RETRAIN_MARK, watermark(store))
     logger.info(

@@ -17,50 +17,40 @@ Scheduled by the deployment ``monitor/scheduled`` (``flows/deployments.py``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.events import emit_event
 
+from slmops.flows.events import DRIFT_ALERT, Emitter, emit_prefect_event, model_resource
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.config import Params
 from slmops.tasks.monitoring.report import MonitoringReport, alert_payload, save_json
 from slmops.tasks.monitoring.run import run_monitoring
 from slmops.tasks.task_types import task_type
 
-log = logging.getLogger(__name__)
+# Named, not __name__: a worker loads this file as module `monitor`, and the run log
+# takes the project's loggers (slmops.*; flows/steps.py).
+log = logging.getLogger("slmops.flows.monitor")
 
-EVENT_NAME = "slmops.monitoring.alert"
-# emit(event name, resource, payload) -> event id or None (tests pass a recorder).
-Emitter = Callable[[str, dict[str, str], dict[str, Any]], str | None]
-
-
-def emit_prefect_event(event: str, resource: dict[str, str], payload: dict[str, Any]) -> str | None:
-    """Emit a Prefect event (what a Prefect automation reacts to); its id, or None when
-    Prefect emits nothing here. Never raises: the webhook and the report still stand."""
-    try:
-        emitted = emit_event(event=event, resource=resource, payload=payload)
-    except Exception as exc:
-        log.warning("Prefect event %s not emitted: %s", event, type(exc).__name__)
-        return None
-    return str(emitted.id) if emitted is not None else None
+EVENT_NAME = DRIFT_ALERT  # an automation may start `retrain` on it (monitoring.retrain_on_drift)
 
 
 def announce(
-    report: MonitoringReport, *, alert: bool = True, emit: Emitter = emit_prefect_event
+    report: MonitoringReport,
+    *,
+    alert: bool = True,
+    emit: Emitter = emit_prefect_event,
+    run: dict[str, Any] | None = None,
 ) -> str | None:
     """Emit :data:`EVENT_NAME` when a check fired and ``alert``, carrying what the webhook
-    carried; its id goes into the report and its ``latest.json``. None when not emitted."""
+    carried and ``run`` (the run's ``params_path`` and ``profile``: what a retrain started
+    by an automation reads); its id goes into the report and its ``latest.json``. None
+    when not emitted."""
     if not (alert and report.fired):
         return None
-    resource = {
-        "prefect.resource.id": f"slmops.model.{report.model_name}",
-        "prefect.resource.name": report.model_name,
-        "slmops.model.version": str(report.model_version),
-    }
-    report.event_id = emit(EVENT_NAME, resource, alert_payload(report))
+    resource = model_resource(report.model_name, str(report.model_version))
+    report.event_id = emit(EVENT_NAME, resource, {**alert_payload(report), **(run or {})})
     save_json(report)
     return report.event_id
 
@@ -116,14 +106,17 @@ def monitor(
 ) -> dict[str, Any]:
     """Compare the champion's recent predictions with its test-set predictions; alert on drift.
 
-    ``window_hours`` overrides ``monitoring.window_hours`` for this run;
-    ``alert`` false writes the report without the webhook or the Prefect event.
+    Args:
+        params_path: the project's params file (relative: to the flow's working directory)
+        profile: overrides of ``profiles.<name>`` in the params file (none: the file as it is)
+        window_hours: the live window for this run instead of ``monitoring.window_hours``
+        alert: false writes the report without the webhook or the Prefect event
     """
     logger = get_run_logger()
     overrides = {"monitoring": {"window_hours": window_hours}} if window_hours is not None else {}
     params = load_params_step(params_path, profile, overrides)
     report = monitor_task(params, alert=alert)
-    announce(report, alert=alert)
+    announce(report, alert=alert, run={"params_path": params_path, "profile": profile})
     for check in report.fired:
         logger.warning("%s fired: %s", check.title, check.explanation)
     logger.info("%s; report: %s", report.message, report.html_path)

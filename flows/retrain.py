@@ -29,7 +29,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
+from slmops.flows.parameters import GateOverrides, Trigger, gate_overrides
 from slmops.flows.prepare_data import import_pending_task, split_task, validate_task
+from slmops.flows.run_artifacts import TrainProgress, metrics_table, publish_evaluation
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core import notify
 from slmops.tasks.core.config import NotifyEvent, Params
@@ -41,7 +43,9 @@ from slmops.tasks.pipeline.challenger import (
     register_challenger,
     train_challenger,
 )
+from slmops.tasks.pipeline.dvc_record import record_run
 from slmops.tasks.pipeline.promote import export_formats
+from slmops.tasks.pipeline.recipe import RecipeCheck, check_recipe
 from slmops.tasks.pipeline.workspace import publish, run_workspace
 from slmops.tasks.registry.promotion import CHAMPION, gate, promote
 from slmops.tasks.registry.registration import resolve_leftovers
@@ -83,7 +87,16 @@ resolve_task = step(
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
 )
-train_task = step(train_challenger, name="train")
+
+
+def _train(params: Params, **options: Any):
+    """Train the challenger; its progress moves the run's ``train-progress`` artifact
+    (``flows/run_artifacts.py``) every ``train.report_every_seconds``."""
+    with TrainProgress() as progress_artifact:
+        return train_challenger(params, on_progress=progress_artifact, **options)
+
+
+train_task = step(_train, name="train")
 publish_task = step(publish, name="publish-run")
 evaluate_task = step(evaluate_challenger, name="evaluate")
 register_task = step(
@@ -113,6 +126,16 @@ def _export(params: Params, version: str) -> dict[str, Any]:
 
 
 export_task = step(_export, name="export")
+recipe_task = step(
+    check_recipe,
+    name="recipe-check",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_transient,
+)
+# dvc.lock and `dvc exp` told what the run made (tasks/pipeline/dvc_record.py says why
+# the flow records its outputs rather than running `dvc repro`); never fails the run.
+record_dvc_task = step(record_run, name="record-in-dvc")
 promote_task = step(
     promote, name="promote", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
 )
@@ -147,6 +170,55 @@ def _leftovers_line(found: dict[str, list[str]]) -> str:
     return "; ".join(parts) or "none"
 
 
+def _dvc_line(recorded: dict[str, Any]) -> str:
+    experiment = recorded.get("experiment")
+    saved = f"experiment `{experiment}` (`dvc exp show`)" if experiment else "no experiment"
+    committed = ", ".join(recorded.get("committed") or []) or "no stage"
+    why = f"; {recorded['skipped']}" if recorded.get("skipped") else ""
+    return f"dvc.lock records {committed}; {saved}{why}"
+
+
+def _unchanged(
+    params: Params, checked: RecipeCheck, imports: list, leftovers: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The result of a retrain skipped because a registered version has its recipe."""
+    same = checked.same
+    reason = checked.unchanged()
+    get_run_logger().info("%s: nothing trained (force=True trains anyway)", reason)
+    result = {
+        "model": params.registry.model_name,
+        "version": same.version,
+        "run_id": same.run_id,
+        "promoted": False,
+        "champion": same.champion,
+        "decision": reason,
+        "skipped": reason,
+        "recipe": checked.recipe.fingerprint,
+        "data": checked.recipe.data,
+        "imported": [s.source for s in imports],
+        "leftovers": leftovers,
+        "tracking_uri": redact_uri(tracking_uri(params)),  # never a password
+    }
+    create_markdown_artifact(
+        markdown="\n".join(
+            [
+                f"# Retrain: nothing to do ({result['model']})",
+                "",
+                f"**{reason}**: nothing trained, registered or promoted "
+                "(run it with `force` to train anyway).",
+                "",
+                f"- Data: labeled `{result['data']['labeled']}`, test `{result['data']['test']}`",
+                f"- Recipe: `{result['recipe']}`",
+                f"- Imported label files: {', '.join(result['imported']) or 'none'}",
+                f"- Crash leftovers resolved: {_leftovers_line(leftovers)}",
+            ]
+        ),
+        key="retrain-summary",
+        description="Retrain run summary",
+    )
+    return result
+
+
 def _summary(result: dict[str, Any]) -> str:
     m = result["metrics"]
     verdict = "promoted to champion" if result["promoted"] else "refused"
@@ -155,9 +227,7 @@ def _summary(result: dict[str, Any]) -> str:
         "",
         f"**Gate: {verdict}** — {result['decision']}",
         "",
-        "| metric | value |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in m.items()),
+        *metrics_table(m),
         "",
         f"- Training: {result['epochs_run']} epoch(s), best epoch {result['best_epoch']}, "
         f"{result['train_examples']} examples, "
@@ -166,6 +236,7 @@ def _summary(result: dict[str, Any]) -> str:
         f"- Serving formats: {_formats_line(result['formats'])}",
         f"- Imported label files: {', '.join(result['imported']) or 'none'}",
         f"- Crash leftovers resolved: {_leftovers_line(result['leftovers'])}",
+        f"- DVC: {_dvc_line(result['dvc'])}",
         f"- MLflow: run `{result['run_id']}` in {result['tracking_uri']} "
         f"(`mlflow ui --backend-store-uri {result['tracking_uri']}` → Models → {result['model']})",
     ]
@@ -179,14 +250,28 @@ def retrain(
     base_model: str | None = None,
     epochs: int | None = None,
     data_fraction: float | None = None,
-    gate_rules: dict[str, Any] | None = None,
-    trigger: str = "manual",
+    gate_rules: GateOverrides | None = None,
+    trigger: Trigger = Trigger.manual,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Import labels, validate, train, evaluate, register, and promote if the gate agrees
     (exporting the serving formats first).
 
-    ``base_model``, ``epochs`` and ``data_fraction`` override ``train.*``;
-    ``gate_rules`` overrides keys of ``gate.*`` (e.g. ``{"min_macro_f1_gain": 0.01}``).
+    When a registered version was made from the same data, params and code (its
+    ``slmops.recipe`` tag), nothing is trained and the result says which version
+    (``skipped``); ``force`` trains all the same.
+
+    Args:
+        params_path: the project's params file (relative: to the flow's working directory)
+        profile: overrides of ``profiles.<name>`` in the params file (none: the file as it is)
+        base_model: instead of ``train.base_model``
+        epochs: instead of ``train.epochs``
+        data_fraction: instead of ``train.data_fraction`` (a quick run on part of the data)
+        gate_rules: instead of the params file's ``gate.*`` rules, for this run (a dict of
+            them works too, e.g. ``{"min_macro_f1_gain": 0.01}``)
+        trigger: what started the run (recorded on the MLflow run and the ledger): a
+            schedule sets schedule, an automation feedback or drift, the Run button manual
+        force: train even when a registered version has the same data, params and code
     """
     logger = get_run_logger()
     train_over = {
@@ -198,16 +283,21 @@ def retrain(
         }.items()
         if v is not None
     }
-    params = load_params_step(params_path, profile, {"train": train_over, "gate": gate_rules or {}})
+    overrides = {"train": train_over, "gate": gate_overrides(gate_rules)}
+    params = load_params_step(params_path, profile, overrides)
 
     leftovers = resolve_task(params, who=f"prefect:retrain:{trigger}")
     imports = import_pending_task(params)
+    checked = recipe_task(params)
+    if checked.same is not None and not force:
+        # As `dvc repro` skips a stage whose deps and params did not change.
+        return _unchanged(params, checked, imports, leftovers)
     # The run's own folder for validation, split, checkpoints, model and evaluation: a
     # second run at once cannot overwrite them; published once the version is registered.
     with run_workspace(params, _flow_run_id()) as run:
         validate_task(run.params)
         split_task(run.params)
-        trained = train_task(run.params, progress=False)
+        trained = train_task(run.params, progress=False, trigger=f"flow:{trigger}")
         evaluated = evaluate_task(run.params)
         registered = register_task(run.params, trigger=f"flow:{trigger}")
         data = split_versions(run.params) or data_versions(run.params)  # trained on
@@ -221,12 +311,24 @@ def retrain(
             f"refuse: version {registered.version} is the champion already "
             "(the same model was trained again)"
         )
+        publish_evaluation(params, registered.version, evaluated, decision=summary)
         formats, promoted = None, False
     else:
         verdict = gate_task(params, registered.version, who=who)
+        publish_evaluation(params, registered.version, evaluated, verdict)
         formats = export_task(params, verdict.version) if verdict.promoted else None
         promoted = promote_task(params, verdict, who=who, formats=formats)
         summary = verdict.decision.summary
+    recorded = record_dvc_task(
+        params,
+        params_path,
+        code=checked.recipe.code,
+        version=registered.version,
+        run_id=registered.run_id,
+        promoted=promoted,
+        decision=summary,
+        reused=registered.reused,
+    )
 
     result = {
         "model": params.registry.model_name,
@@ -245,6 +347,8 @@ def retrain(
         "imported": [s.source for s in imports],
         "leftovers": leftovers,  # what a killed registration had left, now resolved
         "tracking_uri": redact_uri(tracking_uri(params)),  # never a password
+        "recipe": checked.recipe.fingerprint,
+        "dvc": asdict(recorded),
     }
     create_markdown_artifact(
         markdown=_summary(result), key="retrain-summary", description="Retrain run summary"

@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import threading
+import typing
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -165,9 +166,10 @@ def notify_failure(flw: Flow, flow_run: Any, state: State) -> None:
 
 
 class _RunLogHandler(APILogHandler):
-    """The steps' own log lines (``slmops.tasks``: waiting for the project lock, holding
-    it, a version registered) in the flow run's log, as the Prefect UI and API show it;
-    a line logged outside any run (a CLI command in the same process) is not sent."""
+    """The project's own log lines (``slmops``: the steps' progress and epochs, waiting
+    for the project lock, a version registered) in the flow run's log, as the Prefect UI
+    and API show it; a line logged outside any run (a CLI command in the same process)
+    is not sent."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if FlowRunContext.get() is None and TaskRunContext.get() is None:
@@ -175,11 +177,18 @@ class _RunLogHandler(APILogHandler):
         super().emit(record)
 
 
+# Every module of the project logs under this name (``slmops.tasks.*``, ``slmops.flows.*``):
+# the packages are imported as ``slmops.*`` everywhere, also in a worker that loads a
+# flow from its file (flows/retrain.py), and flow modules name their logger explicitly.
+PROJECT_LOGGER = "slmops"
+
+
 def _steps_log_to_run() -> None:
-    """Send ``slmops.tasks`` INFO lines to the run's log (once per process). Prefect's
-    root logger passes only warnings: without this a deployed run would never show
-    that it waited for another run's lock."""
-    logger = logging.getLogger("slmops.tasks")
+    """Send the project's INFO lines to the run's log (once per process). Prefect's
+    root logger passes only warnings, and to the console alone: without this a run
+    started by a worker (the UI, a schedule, an event) would show none of the steps'
+    own lines, such as the train step's progress."""
+    logger = logging.getLogger(PROJECT_LOGGER)
     with _lock:
         if not any(isinstance(h, _RunLogHandler) for h in logger.handlers):
             logger.addHandler(_RunLogHandler())
@@ -193,6 +202,11 @@ def pipeline_flow(*, name: str, **options: Any) -> Callable[[Callable[..., Any]]
     go to the run's log (:func:`_steps_log_to_run`)."""
 
     def make(fn: Callable[..., Any]) -> Flow:
+        # Types, not the strings of `from __future__ import annotations`: Prefect resolves
+        # the parameters' annotations in the globals of `run` (this module), which lack a
+        # flow module's own types (flows/parameters.py: Trigger, GateOverrides).
+        fn.__annotations__ = typing.get_type_hints(fn, include_extras=True)
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             _steps_log_to_run()

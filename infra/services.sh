@@ -214,9 +214,10 @@ start)
     worker="slmops-worker-$(hostname)"
     launched=$(date +%s)
     alive prefect-worker && launched=0  # already polling: no new heartbeat to wait for
+    # SLMOPS_ROOT: where the pull step of prefect.yaml's deployments runs them.
     (
         cd "$CODE_ROOT"
-        export PYTHONPATH="$CODE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+        export PYTHONPATH="$CODE_ROOT${PYTHONPATH:+:$PYTHONPATH}" SLMOPS_ROOT="$CODE_ROOT"
         launch prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process \
             --name "$worker"
     )

@@ -331,24 +331,59 @@ def evaluate(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
 
 
 @app.command()
-def register(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
+def register(
+    profile: ProfileOpt = None,
+    gate: Annotated[
+        bool,
+        typer.Option(
+            "--gate",
+            help="Then judge it against the champion, and export and promote it when the "
+            "gate agrees, as a retrain does (the dvc stage `register`). A refusal is an "
+            "outcome, not an error: exit 0.",
+        ),
+    ] = False,
+    params: ParamsOpt = None,
+) -> None:
     """Log the trained and evaluated model to MLflow and register a new version (the
-    version already registered, when it is the same model)."""
+    version already registered, when it is the same model); writes
+    registry.record_file (dvc stage `register`)."""
     # deferred: pulls torch and scikit-learn; keeps --help fast
     from slmops.tasks.pipeline.challenger import register_challenger
+    from slmops.tasks.pipeline.dvc_record import write_registration  # deferred: pandas
+    from slmops.tasks.pipeline.promote import promote_version  # deferred: torch, onnx
+    from slmops.tasks.registry.promotion import CHAMPION  # deferred: mlflow
+    from slmops.tasks.registry.recipes import tag_experiment  # deferred: mlflow
     from slmops.tasks.registry.registration import resolve_leftovers  # deferred: mlflow
+    from slmops.tasks.registry.store import Registry  # deferred: mlflow
 
     p = _params_profile(params, profile)
     resolve_leftovers(p)  # what a killed registration left
-    r = register_challenger(p)
+    r = register_challenger(p, trigger="dvc" if os.environ.get("DVC_EXP_NAME") else "cli")
+    name = p.registry.model_name
     if r.reused:
         out.print(
-            f"{p.registry.model_name} version {r.version} is this model already "
+            f"{name} version {r.version} is this model already "
             f"(run {r.run_id}): nothing new registered"
         )
     else:
-        out.print(f"registered {p.registry.model_name} version {r.version} (run {r.run_id})")
-    out.print(f"gate it with: slmops promote --version {r.version}")
+        out.print(f"registered {name} version {r.version} (run {r.run_id})")
+    if os.environ.get("DVC_EXP_NAME"):  # run by `dvc exp run`: the experiment's name
+        tag_experiment(p, r.version, os.environ["DVC_EXP_NAME"])
+    promoted, decision = False, f"not gated (slmops promote --version {r.version})"
+    if gate and Registry.of(p).alias(name, CHAMPION) == r.version:
+        decision = f"version {r.version} is the champion already (the same model)"
+    elif gate:
+        verdict, promoted = promote_version(p, r.version, action="gate")
+        decision = verdict.summary
+    write_registration(
+        p, version=r.version, run_id=r.run_id, promoted=promoted, decision=decision, reused=r.reused
+    )
+    if gate:
+        out.print(
+            f"[green]champion is now version {r.version}[/]" if promoted else escape(decision)
+        )
+    else:
+        out.print(f"gate it with: slmops promote --version {r.version}")
 
 
 @app.command()
@@ -472,9 +507,19 @@ def retrain(
         float | None, typer.Option(help="Override train.data_fraction (quick runs).")
     ] = None,
     base_model: Annotated[str | None, typer.Option(help="Override train.base_model.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Train even when a registered version has the same data, params and code."
+        ),
+    ] = False,
     params: ParamsOpt = None,
 ) -> None:
-    """Run the Prefect flow `retrain`: labels → validate → train → evaluate → register → gate."""
+    """Run the Prefect flow `retrain`: labels → validate → train → evaluate → register → gate.
+
+    Does nothing when a registered version was made from the same data, params and
+    code (and says which); --force trains anyway.
+    """
     # deferred: pulls Prefect and torch; keeps --help fast
     from slmops.flows.retrain import retrain as retrain_flow
 
@@ -486,7 +531,11 @@ def retrain(
         data_fraction=data_fraction,
         base_model=base_model,
         trigger="cli",
+        force=force,
     )
+    if r.get("skipped"):
+        out.print(f"{r['skipped']}: nothing trained (--force trains anyway)")
+        return
     verdict = "[green]promoted to champion[/]" if r["promoted"] else "[yellow]not promoted[/]"
     m = r["metrics"]
     entity = (
@@ -884,7 +933,14 @@ def demo(
         pending.mkdir(parents=True, exist_ok=True)
         shutil.copy2(example, pending / example.name)
         out.print(f"queued the example Label Studio export: {pending / example.name}")
-    retrain(profile=profile, epochs=None, data_fraction=None, base_model=None, params=params)
+    retrain(
+        profile=profile,
+        epochs=None,
+        data_fraction=None,
+        base_model=None,
+        force=False,
+        params=params,
+    )
     out.print(next_steps(p, params))
 
 

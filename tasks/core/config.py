@@ -260,6 +260,12 @@ class TrainConfig(_Strict):
     num_threads: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="CPU threads for torch (default: all cores)."
     )
+    report_every_seconds: Annotated[float, Field(ge=0.0, le=3600.0)] = Field(
+        default=30.0,
+        description="Seconds between progress reports during an epoch (epoch, step/steps, "
+        "running loss, examples/s): a log line, and the progress artifact of a retrain "
+        "flow run; 0 reports every step. Changes nothing that is trained.",
+    )
     output_dir: str = "models/challenger"
     checkpoint_dir: str = "checkpoints"
     runs_dir: str = Field(
@@ -303,6 +309,16 @@ class RegistryConfig(_Strict):
     experiment: str = "slmops"
     model_name: str = "slmops-intent"
     ledger: str = "mlflow/promotions.jsonl"
+    record_file: str = Field(
+        default="reports/registry/registered.json",
+        description="The last registration: model, version, run id, gate decision (the dvc "
+        "stage `register`'s output, a metrics file: `dvc exp show` shows the version).",
+    )
+    champion_metrics: str = Field(
+        default="reports/champion/metrics.json",
+        description="The champion's test metrics, rewritten whenever the champion alias "
+        "moves (promotion, rollback); a top-level metrics file of dvc.yaml.",
+    )
 
 
 class SignificanceTest(StrEnum):
@@ -749,6 +765,12 @@ class MonitoringConfig(_Strict):
     schedule_cron: str | None = Field(
         default=None,
         description="deployment monitor/scheduled: a cron (UTC) instead of the interval",
+    )
+    retrain_on_drift: bool = Field(
+        default=False,
+        description="`make deploy` adds an automation that starts retrain/weekly (trigger "
+        "drift) on each monitoring alert (the event slmops.monitoring.alert); off: the alert "
+        "only notifies (webhook, event)",
     )
 
     @field_validator("length_buckets")

@@ -37,6 +37,12 @@ tag accuracy (``val_accuracy``, every word of each text: words cut by truncation
 are predicted ``O``), the micro entity F1 (``val_f1``, strict span match, the
 best-epoch and early-stopping score) and the macro entity F1 over types
 (``val_macro_f1``).
+
+Within an epoch the loop reports its progress every ``train.report_every_seconds``
+(epoch, step of all steps, running loss, examples/s): a log line when no progress
+bar is shown, and a call of ``on_progress`` (the ``retrain`` flow turns it into a
+Prefect progress artifact). The loss stays on the device between reports: a step
+reads the clock, never the loss, so reports cost no host sync per step.
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ from slmops.tasks.model.runtime import (
 )
 
 log = logging.getLogger(__name__)
+
+# The progress reports' clock (a test replaces it to drive the reports step by step).
+_clock = time.monotonic
 
 
 @dataclass
@@ -317,6 +326,78 @@ class _Progress:
         )
 
 
+@dataclass
+class _Reporter:
+    """Progress reports of rank 0 within the epochs: due every ``every`` seconds, and at
+    the end of each epoch (``on_progress`` only: the epoch's own line follows)."""
+
+    every: float
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    world: int
+    on_progress: Callable[[dict], None] | None
+    log_lines: bool  # no progress bar shows the same
+    last: float = field(default_factory=lambda: _clock())
+    reported: int = 0  # the global step of the last report
+
+    def due(self) -> bool:
+        """Whether a report is due now (one clock read: the whole per-step cost)."""
+        now = _clock()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+    def report(
+        self,
+        epoch: int,
+        step: int,
+        loss_sum: torch.Tensor,
+        target_count: torch.Tensor,
+        seen: int,
+        seconds: float,
+        lr: float,
+        *,
+        epoch_end: bool = False,
+    ) -> None:
+        """Report step ``step`` of ``epoch``: ``seen`` examples of this process in
+        ``seconds`` so far this epoch; the loss is read off the device only now."""
+        global_step = (epoch - 1) * self.steps_per_epoch + step
+        if epoch_end and global_step == self.reported:
+            return  # reported at this very step already
+        self.reported = global_step
+        row = {
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "step": global_step,
+            "steps": self.total_steps,
+            "epoch_step": step,
+            "epoch_steps": self.steps_per_epoch,
+            "percent": round(100.0 * global_step / max(self.total_steps, 1), 2),
+            "loss": loss_sum.item() / max(int(target_count.item()), 1),
+            # Every process takes as many steps (DDP keeps them in step): all of them
+            # together see ``world`` times this one's examples.
+            "examples_per_s": round(seen * self.world / max(seconds, 1e-9), 2),
+            "seconds": round(seconds, 1),
+            "lr": lr,
+            "epoch_end": epoch_end,
+        }
+        if self.log_lines and not epoch_end:
+            log.info(
+                "epoch %d/%d, step %d/%d (%.0f%%): loss %.4f, %.1f examples/s",
+                epoch,
+                self.epochs,
+                global_step,
+                self.total_steps,
+                row["percent"],
+                row["loss"],
+                row["examples_per_s"],
+            )
+        if self.on_progress is not None:
+            self.on_progress(row)
+
+
 def train_model(
     train: pd.DataFrame,
     val: pd.DataFrame,
@@ -327,6 +408,7 @@ def train_model(
     *,
     task: TaskType,
     on_epoch: Callable[[dict], None] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Fine-tune ``cfg.base_model`` on ``train``; the best epoch (by the task type's
@@ -338,7 +420,13 @@ def train_model(
     ``TokenClassification(label_all_subwords=True)``), picked by the caller;
     ``labels``: the label set (the entity types of a token classifier, whose label
     cells are span JSON; see the module doc). ``on_epoch`` receives each epoch's
-    metrics once its checkpoint is written.
+    metrics once its checkpoint is written. ``on_progress`` receives a report every
+    ``cfg.report_every_seconds`` within the epochs and at the end of each: ``epoch``,
+    ``epochs``, ``step`` and ``steps`` (of all epochs), ``epoch_step``,
+    ``epoch_steps``, ``percent``, ``loss`` (the epoch's mean so far),
+    ``examples_per_s``, ``seconds`` (this epoch so far), ``lr`` and ``epoch_end``;
+    rank 0 alone reports. Without a progress bar (``progress=False``) each report
+    within an epoch is also a log line.
     """
     if not isinstance(task, TaskType):
         raise ConfigError(
@@ -354,7 +442,7 @@ def train_model(
         device = dist.device(device)
     run = _Run(cfg, task, device, amp, dist, progress and dist.main, checkpoint_dir)
     try:
-        return _train(run, train, val, labels, output_dir, on_epoch)
+        return _train(run, train, val, labels, output_dir, on_epoch, on_progress)
     finally:
         torch.set_num_threads(threads_before)
         dist.close()
@@ -367,6 +455,7 @@ def _train(
     labels: list[str],
     output_dir: Path,
     on_epoch: Callable[[dict], None] | None,
+    on_progress: Callable[[dict], None] | None,
 ) -> TrainResult:
     # transformers is heavy: imported once a run starts, not with this module.
     from transformers import set_seed
@@ -392,7 +481,18 @@ def _train(
 
     params = _params(run, base, threads, len(train), len(val), outputs, optim, model)
     _log_start(run, threads, len(train), len(val), labels, outputs, optim)
-    _fit(run, model, forward, enc, optim, state, val, outputs, fp, on_epoch)
+    reporter = None
+    if dist.main and (on_progress is not None or not run.progress):
+        reporter = _Reporter(
+            cfg.report_every_seconds,
+            cfg.epochs,
+            optim.steps_per_epoch,
+            optim.total_steps,
+            dist.world,
+            on_progress,
+            log_lines=not run.progress,
+        )
+    _fit(run, model, forward, enc, optim, state, val, outputs, fp, on_epoch, reporter)
 
     if dist.main:
         write_model(run.checkpoint_dir, output_dir, tokenizer, outputs)
@@ -585,6 +685,7 @@ def _fit(
     outputs: list[str],
     fp: dict[str, Any],
     on_epoch: Callable[[dict], None] | None,
+    reporter: _Reporter | None = None,
 ) -> None:
     """The epochs left (after a resumed one), each checkpointed by rank 0, until the
     last or early stopping; ``state`` holds the progress."""
@@ -592,7 +693,7 @@ def _fit(
     for epoch in range(1 + (state.resumed_from_epoch or 0), cfg.epochs + 1):
         if state.stop_early(cfg.early_stopping_patience):
             break
-        row = _epoch(run, model, forward, enc, optim, val, outputs, epoch)
+        row = _epoch(run, model, forward, enc, optim, val, outputs, epoch, reporter)
         state.history.append(row)
         key = run.task.best_metric
         score = row[key] if row[key] is not None else -row["train_loss"]
@@ -636,9 +737,10 @@ def _epoch(
     val: pd.DataFrame,
     outputs: list[str],
     epoch: int,
+    reporter: _Reporter | None = None,
 ) -> dict[str, Any]:
     """Train one epoch, then score it on the validation rows: its history row."""
-    fit = _train_epoch(run, forward, optim, enc, epoch)
+    fit = _train_epoch(run, forward, optim, enc, epoch, reporter)
     eval_start = time.perf_counter()
     metrics: dict[str, float | None] = dict.fromkeys(("val_loss", *run.task.val_metrics))
     if len(val):
@@ -677,7 +779,14 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _train_epoch(run: _Run, model, optim: _Optim, enc: _Encoded, epoch: int) -> dict[str, Any]:
+def _train_epoch(
+    run: _Run,
+    model,
+    optim: _Optim,
+    enc: _Encoded,
+    epoch: int,
+    reporter: _Reporter | None = None,
+) -> dict[str, Any]:
     """One pass over the training data; returns the epoch's training metrics.
 
     The training loss is the mean over all targets of the epoch (examples, or
@@ -719,8 +828,17 @@ def _train_epoch(run: _Run, model, optim: _Optim, enc: _Encoded, epoch: int) -> 
                     ex_s=f"{seen / elapsed:.1f}",
                     refresh=False,
                 )
+            if reporter is not None and reporter.due():
+                reporter.report(
+                    epoch, step, loss_sum, target_count, seen, time.perf_counter() - start, lr
+                )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if reporter is not None and batches:
+        reporter.report(
+            epoch, len(batches), loss_sum, target_count, seen, time.perf_counter() - start, lr,
+            epoch_end=True,
+        )  # fmt: skip
     loss_total, counted, seen, tokens = run.dist.sum(
         loss_sum.item(), target_count.item(), seen, tokens
     )

@@ -35,8 +35,9 @@ from slmops.tasks.core.config import GateRules, Params
 from slmops.tasks.core.errors import PromotionError
 from slmops.tasks.core.lock import project_lock
 from slmops.tasks.model.evaluate import PREDICTIONS_FILE, REPORT_FILE
-from slmops.tasks.registry import ledger
+from slmops.tasks.registry import ledger, model_card
 from slmops.tasks.registry.gate import GateDecision, decide
+from slmops.tasks.registry.model_card import TAG_DECISION, TAG_REASONS, TAG_SUMMARY
 from slmops.tasks.registry.registration import (
     TAG_TEST_HASH,
     registration_state,
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 PREVIOUS = "previous"
 EVAL_ARTIFACTS = "eval"  # run artifact folder holding the evaluation files
-TAG_DECISION = "gate.decision"
-TAG_SUMMARY = "gate.summary"
 
 
 @dataclass(frozen=True)
@@ -188,8 +187,9 @@ def _metrics(e: Evaluated | None) -> dict[str, Any] | None:
 
 
 def gate(params: Params, version: str, *, force: bool = False, who: str | None = None) -> Verdict:
-    """Judge ``version`` against the current champion and tag the decision on it
-    (``gate.decision``: promoted, forced or refused; ``gate.summary``). Moves nothing.
+    """Judge ``version`` against the current champion and tag the decision on it and on
+    its run (``gate.decision``: promoted, forced or refused; ``gate.summary``;
+    ``gate.reasons``: the failed rules), and write its model card again. Moves nothing.
 
     ``force`` promotes even when the gate refuses (recorded as such). A version whose
     registration never completed is completed first when its files are intact, and
@@ -210,7 +210,15 @@ def gate(params: Params, version: str, *, force: bool = False, who: str | None =
     champion = load_evaluated(registry, name, current) if current else None
     decision = judge(challenger, champion, params.gate)
     tag = "promoted" if decision.promote else ("forced" if force else "refused")
-    registry.set_tags(name, version, {TAG_DECISION: tag, TAG_SUMMARY: decision.summary[:4000]})
+    tags = {
+        TAG_DECISION: tag,
+        TAG_SUMMARY: decision.summary[:4000],
+        TAG_REASONS: model_card.gate_reasons(decision.reasons),
+    }
+    registry.set_tags(name, version, tags)
+    if challenger.run_id:  # the same tags on the run: runs are filtered and sorted on them too
+        registry.set_run_tags(challenger.run_id, tags)
+    model_card.refresh(registry, name, str(version))
     return Verdict(
         str(version),
         current,
@@ -292,7 +300,31 @@ def _move_aliases(
         },
     )
     log.info("%s version %s: %s", name, version, verdict.decision.summary)
+    if verdict.promoted:  # its serving formats are exported by now: the card says which
+        model_card.refresh(registry, name, version)
+    if verdict.promoted:
+        write_champion_metrics(params, version, verdict.metrics["challenger"] or {})
     return verdict.promoted
+
+
+def write_champion_metrics(params: Params, version: str, metrics: dict[str, Any]) -> Path:
+    """Write the champion's test metrics to ``registry.champion_metrics`` (a top-level
+    metrics file of dvc.yaml: what ``dvc metrics show`` shows as the champion's, while
+    ``reports/eval/metrics.json`` is the last challenger's). Called whenever the
+    champion alias moves, after the ledger entry; a failure to write is a warning."""
+    path = params.path(params.registry.champion_metrics)
+    record = {"model": params.registry.model_name, "version": str(version), **metrics}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
+        ) as fh:
+            json.dump(record, fh, indent=2)
+            fh.write("\n")
+        Path(fh.name).replace(path)  # whole or not at all
+    except OSError as exc:  # the alias has moved: a report file never undoes that
+        log.warning("%s not written: %s", path, exc)
+    return path
 
 
 def apply(
@@ -333,7 +365,7 @@ def _rollback(params: Params, *, who: str | None, reason: str) -> dict[str, Any]
         )
     registry.set_alias(name, CHAMPION, previous)
     registry.set_alias(name, PREVIOUS, current)
-    return ledger.append(
+    entry = ledger.append(
         params.path(params.registry.ledger),
         {
             "action": "rollback",
@@ -346,6 +378,13 @@ def _rollback(params: Params, *, who: str | None, reason: str) -> dict[str, Any]
             "reason": reason or f"rollback from version {current} to {previous}",
         },
     )
+    try:
+        metrics = _metrics(load_evaluated(registry, name, previous)) or {}
+    except PromotionError as exc:  # a version without its evaluation: still rolled back
+        log.warning("champion metrics of version %s not found: %s", previous, exc)
+        metrics = {}
+    write_champion_metrics(params, previous, metrics)
+    return entry
 
 
 def versions_table(params: Params) -> pd.DataFrame:

@@ -14,6 +14,7 @@ server instead.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class ModelVersion:
     # MLflow's status: READY, or PENDING_REGISTRATION / FAILED_REGISTRATION for a
     # version whose files a store is still copying, or failed to.
     status: str = "READY"
+    description: str = ""  # markdown: the model card (:mod:`slmops.tasks.registry.model_card`)
 
     @property
     def uri(self) -> str:
@@ -111,6 +113,10 @@ def _quiet_downloads() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _version(mv: Any) -> ModelVersion:
     return ModelVersion(
         name=str(mv.name),
@@ -119,6 +125,7 @@ def _version(mv: Any) -> ModelVersion:
         tags=dict(mv.tags or {}),
         created_ms=int(mv.creation_timestamp or 0),
         status=str(mv.status or "READY"),
+        description=str(mv.description or ""),
     )
 
 
@@ -293,6 +300,24 @@ class Registry:
     def log_metric(self, run_id: str, key: str, value: float) -> None:
         """Add a value to a run's metric history."""
         self.client.log_metric(run_id, key, float(value))
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+        """Add values to a run's metric histories, at ``step``, in one call."""
+        from mlflow.entities import Metric  # deferred: importing mlflow takes seconds
+
+        now = _now_ms()
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def create_run(self, experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
+        """Open a run (RUNNING) without making it the process's active run; return its id."""
+        return str(
+            self.client.create_run(experiment_id, tags=dict(tags), run_name=name).info.run_id
+        )
+
+    def set_description(self, name: str, version: str, text: str) -> None:
+        """Set a version's description (markdown, shown on its page in the MLflow UI)."""
+        self.client.update_model_version(name, str(version), description=text)
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
         """Upload the files of ``folder`` to ``artifact_path`` of a finished run."""

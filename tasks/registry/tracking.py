@@ -14,7 +14,7 @@ import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,13 @@ __all__ = [  # configure and tracking_uri are the store's, kept importable from 
     "OWNER_HOST",
     "OWNER_PID",
     "OWNER_STARTED",
+    "REGISTERED",
+    "TAG_PHASE",
+    "TRAINED",
+    "TRAINING",
     "LoggedModel",
     "Run",
+    "TrainingRun",
     "actor",
     "configure",
     "describe_owner",
@@ -40,7 +45,9 @@ __all__ = [  # configure and tracking_uri are the store's, kept importable from 
     "git_commit",
     "log_dataset",
     "log_model",
+    "open_training_run",
     "owner_alive",
+    "portable",
     "record_live_accuracy",
     "register",
     "run_owner",
@@ -160,6 +167,20 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def portable(value: Any, root: Path) -> Any:
+    """``value`` fit to log on a shared store: an absolute path of this machine becomes
+    relative to the project ``root`` (when under it) or its last part, so that no
+    logged value names a folder of the machine that ran it (another machine, another
+    checkout: the same run). Anything else is returned unchanged."""
+    if not isinstance(value, str) or not value.startswith(("/", "~")):
+        return value
+    path = Path(value).expanduser()
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix() or "."
+    except (ValueError, OSError):
+        return path.name or value
+
+
 @dataclass(frozen=True)
 class LoggedModel:
     """A model logged to a run: what :func:`register` takes, and MLflow's id for it."""
@@ -168,11 +189,60 @@ class LoggedModel:
     model_id: str
 
 
+# A challenger's run goes through phases, tagged on it: opened before training
+# (``training``, RUNNING), ended when training ends (``trained``, FINISHED: the
+# ``train`` process exits, and a run left RUNNING by a gone process would be marked
+# FAILED by the next resolve_leftovers), resumed by the registration
+# (``registering``, RUNNING again, same start time) and ended (``registered``).
+TAG_PHASE = "slmops.phase"
+TRAINING, TRAINED, REGISTERING, REGISTERED = "training", "trained", "registering", "registered"
+
+
+def _source_tags() -> dict[str, str]:
+    # MLflow's own defaults would record the script's absolute path (mlflow.source.name).
+    user = actor().split("@", 1)[0]
+    return {"mlflow.source.name": "slmops", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A run opened before training (:func:`open_training_run`): its epochs are logged as
+    they end, so the run's charts show the learning curves while it trains."""
+
+    id: str
+    registry: Registry
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        """Log one epoch's metrics (a row of the training history) at step ``epoch``."""
+        values = {k: float(v) for k, v in row.items() if k != "epoch" and v is not None}
+        self.registry.log_metrics(self.id, values, step=int(row["epoch"]))
+
+    def end(self, *, failed: bool = False) -> None:
+        """End the training phase: FINISHED (``slmops.phase: trained``, to be resumed by
+        the registration), or FAILED when training raised."""
+        self.registry.set_run_tags(self.id, {TAG_PHASE: "failed" if failed else TRAINED})
+        self.registry.end_run(self.id, "FAILED" if failed else "FINISHED")
+
+
+def open_training_run(params: Params, *, name: str, tags: Mapping[str, str]) -> TrainingRun:
+    """Open the challenger's run in the configured experiment before it trains (RUNNING,
+    with its owner's tags: :func:`run_owner`), without making it the process's active
+    run; ``tags`` are set on it."""
+    experiment_id = configure(params)
+    registry = Registry.of(params)
+    run_id = registry.create_run(
+        experiment_id, name, {**_source_tags(), **run_owner(), TAG_PHASE: TRAINING, **tags}
+    )
+    return TrainingRun(run_id, registry)
+
+
 @dataclass(frozen=True)
 class Run:
     """The active MLflow run (opened by :func:`start_run`): what a challenger's run records."""
 
     id: str
+    # The datasets logged as inputs (by name): metrics are logged against them.
+    datasets: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Tag the run."""
@@ -204,23 +274,61 @@ class Run:
 
         mlflow.log_artifact(str(path))
 
+    def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
+        """Upload a table (JSON, shown as a table in the UI and comparable across runs)."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.log_table(table, artifact_file=artifact_file)
+
+    def log_dataset(
+        self, df: pd.DataFrame, *, name: str, source: str, digest: str, context: str
+    ) -> None:
+        """Record a dataset as an input of the run (lineage in the MLflow UI), named by its
+        DVC hash (``digest``); :meth:`log_model_metrics` can then log against it."""
+        self.datasets[name] = log_dataset(
+            df, name=name, source=source, digest=digest, context=context
+        )
+
+    def log_model_metrics(
+        self, values: Mapping[str, float], *, model_id: str, dataset: str
+    ) -> None:
+        """Record metrics of a logged model (``model_id``) measured on a dataset logged
+        with :meth:`log_dataset`: MLflow's model comparison views (the experiment's
+        Models tab, the logged model's page) read them from there."""
+        import mlflow  # deferred: importing mlflow takes seconds
+
+        mlflow.log_metrics(
+            {k: float(v) for k, v in values.items()},
+            model_id=model_id,
+            dataset=self.datasets[dataset],
+        )
+
 
 @contextmanager
-def start_run(params: Params, run_name: str | None = None) -> Iterator[Run]:
-    """Open a run in the configured experiment; it ends (failed, if an exception
-    escapes) when the block does. The run is created with its owner's tags
-    (:func:`run_owner`), so that a run left RUNNING by a killed process can be told
-    from a live one (:func:`slmops.tasks.registry.registration.resolve_leftovers`)."""
+def start_run(
+    params: Params, run_name: str | None = None, *, run_id: str | None = None
+) -> Iterator[Run]:
+    """Open a run in the configured experiment, or resume run ``run_id`` (a run opened by
+    :func:`open_training_run`: RUNNING again, its start time kept); it ends (failed, if
+    an exception escapes) when the block does. The run carries its owner's tags
+    (:func:`run_owner`, set before a resumed run is RUNNING again), so that a run left
+    RUNNING by a killed process can be told from a live one
+    (:func:`slmops.tasks.registry.registration.resolve_leftovers`)."""
     import mlflow  # deferred: importing mlflow takes seconds
 
     configure(params)
-    with mlflow.start_run(run_name=run_name, tags=run_owner()) as run:
+    if run_id is not None:
+        Registry.of(params).set_run_tags(run_id, {**run_owner(), TAG_PHASE: REGISTERING})
+        active = mlflow.start_run(run_id=run_id, run_name=run_name)
+    else:
+        active = mlflow.start_run(run_name=run_name, tags={**_source_tags(), **run_owner()})
+    with active as run:
         yield Run(run.info.run_id)
 
 
-def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, context: str) -> None:
+def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, context: str) -> Any:
     """Record a dataset as an input of the active run (lineage in the MLflow UI), named by
-    its DVC hash."""
+    its DVC hash; return MLflow's dataset (for :meth:`Run.log_model_metrics`)."""
     import mlflow  # deferred: importing mlflow takes seconds
 
     with warnings.catch_warnings():
@@ -230,11 +338,18 @@ def log_dataset(df: pd.DataFrame, *, name: str, source: str, digest: str, contex
             df[["text", "label"]], source=source, targets="label", name=name, digest=digest[:36]
         )
     mlflow.log_input(dataset, context=context)
+    return dataset
 
 
-def log_model(model_dir: Path, *, input_example: list[str], task: TaskType) -> LoggedModel:
+def log_model(
+    model_dir: Path,
+    *,
+    input_example: list[str],
+    task: TaskType,
+    params: Mapping[str, Any] | None = None,
+) -> LoggedModel:
     """Log the fine-tuned model (transformers flavour, safetensors) of task type ``task``
-    to the active run."""
+    to the active run, with ``params`` (shown beside its metrics in the Models tab)."""
     import mlflow  # deferred: importing mlflow takes seconds
     import transformers  # deferred: importing transformers takes seconds
 
@@ -246,6 +361,7 @@ def log_model(model_dir: Path, *, input_example: list[str], task: TaskType) -> L
         task=task.pipeline_task,
         pip_requirements=MODEL_REQUIREMENTS,
         input_example=input_example,
+        params={k: str(v) for k, v in (params or {}).items()},
     )
     return LoggedModel(str(info.model_uri), str(info.model_id))
 

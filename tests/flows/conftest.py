@@ -2,6 +2,7 @@
 project that trains a tiny model under git + DVC."""
 
 import pytest
+from prefect.logging.configuration import setup_logging
 from prefect.testing.utilities import prefect_test_harness
 
 from tests.conftest import training_project
@@ -10,6 +11,10 @@ from tests.conftest import training_project
 @pytest.fixture(autouse=True, scope="session")
 def prefect_api():
     """Prefect's ephemeral API and database, stopped before pytest closes its streams."""
+    # Prefect's logging set up now, once: set up by the first flow run instead, its
+    # dictConfig would drop the root handlers of a test's caplog, and which test sees
+    # the flows' log lines would depend on the order the tests run in.
+    setup_logging()
     with prefect_test_harness(server_startup_timeout=60):
         yield
 

@@ -126,8 +126,9 @@ def test_export_is_a_task_run_of_its_own_and_a_failed_export_keeps_the_promotion
     assert result["promoted"] and "exporter exploded" in result["formats"]["error"]
 
     # The steps the Prefect UI shows, in order: export between the gate and the alias move.
-    names = [r.name.rsplit("-", 1)[0] for r in task_runs(state.state_details.flow_run_id, 10)]
-    assert names[-3:] == ["promotion-gate", "export", "promote"], names
+    # (then the run is recorded in DVC: tests/flows/test_retrain_dvc.py)
+    names = [r.name.rsplit("-", 1)[0] for r in task_runs(state.state_details.flow_run_id, 14)]
+    assert names[-4:] == ["promotion-gate", "export", "promote", "record-in-dvc"], names
     # The failed export left the promotion in place, and says so everywhere.
     mc = client(params)
     assert alias_version(mc, name, CHAMPION) == "1"

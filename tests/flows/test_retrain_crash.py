@@ -82,10 +82,14 @@ def test_a_registration_killed_midway_is_resolved_by_the_next_flow_run(project):
     assert (result["version"], result["promoted"]) == ("1", True)
     assert versions_table(params)["registration"].tolist() == ["complete"]
     assert assert_consistent(params) == "1"
-    assert len(registry.runs(experiment, "FINISHED")) == 0  # nothing logged twice
+    # Nothing logged twice: the flow's run trained the same model again, and says so
+    # instead of logging a second copy of it.
+    for run in registry.runs(experiment, "FINISHED"):
+        assert run.tags["slmops.duplicate_of"] == f"{name} version 1" and not run.model_ids
 
-    # Unchanged data again: the same model, which is the champion: nothing new.
-    again = retrain(params_path=params_path, trigger="test")
+    # Unchanged data again, forced past the recipe check (which would skip training):
+    # the same model, which is the champion: nothing new.
+    again = retrain(params_path=params_path, trigger="test", force=True)
     assert (again["version"], again["promoted"]) == ("1", False)
     assert "champion already" in again["decision"]
     assert not any(again["leftovers"].values())  # nothing left over this time

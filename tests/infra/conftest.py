@@ -1,8 +1,8 @@
 """Real services for the infra tests: a Prefect server, a worker on a process pool and an
 MLflow server started by ``infra/services.sh`` on free ports, with every bit of their
 state (PIDs, logs, Prefect database, MLflow store) in a temporary folder; the
-``retrain`` and ``ingest_feedback`` deployments registered for a tiny project (code
-from this checkout, params from the project). One stack for the whole package:
+deployments and their automations registered for a tiny project (code from this
+checkout, params from the project). One stack for the whole package:
 starting it takes ~30 s. ``infra/services.sh stop`` runs at the end, also on failure.
 """
 
@@ -82,6 +82,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         # Three reviewed predictions are enough to make ingestion start a retrain.
         feedback={"retrain_after_labels": 3},
         serve={"poll_seconds": 0},
+        # What the run form's profile choice list offers (test_ui.py).
+        profiles={"quick": {"train": {"epochs": 1}}, "steady": {"train": {"epochs": 2}}},
     )
     run_dir = base / "run"
     prefect_port, mlflow_port = free_port(), free_port()
@@ -148,6 +150,22 @@ def deployment_runs(name: str) -> list:
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=50,
         )
+
+
+def wait_for_new_runs(
+    name: str, before: set, count: int = 1, timeout: float = 90, settle: float = 5
+) -> list:
+    """The runs of deployment ``name`` not in ``before``, once ``count`` of them exist (an
+    automation creates its run a few seconds after the event) and ``settle`` seconds more
+    brought no other; oldest first. Fails after ``timeout`` seconds with fewer."""
+    deadline = time.monotonic() + timeout
+    while len(new := [r for r in deployment_runs(name) if r.id not in before]) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(new)} new run(s) of {name} after {timeout:.0f} s, not {count}")
+        time.sleep(1)
+    time.sleep(settle)
+    new = [r for r in deployment_runs(name) if r.id not in before]
+    return sorted(new, key=lambda r: r.created)
 
 
 def wait_for_final_state(stack: Stack, flow_run_id, timeout: float = FLOW_RUN_TIMEOUT_S):

@@ -1,7 +1,8 @@
 """The whole loop on real services: a scheduled-style retrain run on the worker
 registers and promotes a model in the MLflow server; the prediction service serves it
 and takes feedback; the ingestion deployment turns the feedback into a new DVC version
-and starts a run of the retrain deployment, which trains on that version."""
+and emits the event on which the retrain deployment's automation starts a run, which
+trains on that version."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.infra.conftest import (
     Stack,
     deployment_runs,
     wait_for_final_state,
+    wait_for_new_runs,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -47,12 +49,19 @@ def test_retrain_serve_feedback_and_retrain_again(stack: Stack, monkeypatch):
     params = load_params(project / "params.yaml")
     name = params.registry.model_name
     mlflow = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    # The stack is shared: other tests of the package may have run retrains and
+    # ingestions before this one. Everything below is relative to where it stands.
+    with FeedbackStore.from_params(params) as store:
+        read_before = watermark(store)
+    feedback_rows_before = len(read_labeled(params).query("source == 'feedback'"))
 
-    # 1. The weekly retrain, started through the API like the schedule would.
-    first = run_deployment("retrain/weekly", timeout=FLOW_RUN_TIMEOUT_S, as_subflow=False)
+    # 1. The weekly retrain, started through the API like the schedule would (force: it
+    # trains even when an earlier test's run trained on this data already).
+    first = run_deployment(
+        "retrain/weekly", parameters={"force": True}, timeout=FLOW_RUN_TIMEOUT_S, as_subflow=False
+    )
     wait_for_final_state(stack, first.id)
     champion = mlflow.get_model_version_by_alias(name, "champion")
-    assert champion.version == "1"
     assert champion.tags["data.labeled_hash"] == dvc_hash(project, "labeled")
     # Everything went to the servers' stores, nothing to the project's own.
     assert not (project / "mlflow" / "mlflow.db").exists()
@@ -62,11 +71,11 @@ def test_retrain_serve_feedback_and_retrain_again(stack: Stack, monkeypatch):
     monkeypatch.setenv(params.serve.token_env, TOKEN)
     with serve_in_thread(params, free_port()) as url:
         model = httpx.get(f"{url}/model", timeout=10).json()
-        assert (model["name"], model["version"]) == (name, "1")
+        assert (model["name"], model["version"]) == (name, champion.version)
         answers = httpx.post(
             f"{url}/predict", json={"texts": [t for t, _ in REVIEWED]}, timeout=60
         ).json()["predictions"]
-        assert [a["model_version"] for a in answers] == ["1"] * len(REVIEWED)
+        assert [a["model_version"] for a in answers] == [champion.version] * len(REVIEWED)
         for answer, (_, label) in zip(answers, REVIEWED, strict=True):
             response = httpx.post(
                 f"{url}/feedback",
@@ -84,24 +93,33 @@ def test_retrain_serve_feedback_and_retrain_again(stack: Stack, monkeypatch):
     labeled_after = dvc_hash(project, "labeled")
     assert labeled_after != labeled_before
     log = run(["git", "log", "-1", "--format=%s", "--", "data/labeled.dvc"], project).stdout
-    assert log.startswith("data: feedback 1-3: 3 added"), log
+    ids = f"{read_before + 1}-{read_before + len(REVIEWED)}"
+    assert log.startswith(f"data: feedback {ids}: {len(REVIEWED)} added"), log
     assert run(["git", "status", "--porcelain", "data/labeled.dvc"], project).stdout == ""
-    assert len(read_labeled(params).query("source == 'feedback'")) == len(REVIEWED)
+    feedback_rows = len(read_labeled(params).query("source == 'feedback'"))
+    assert feedback_rows == feedback_rows_before + len(REVIEWED)
     with FeedbackStore.from_params(params) as store:
-        assert watermark(store) == len(REVIEWED)
-        assert watermark(store, RETRAIN_MARK) == len(REVIEWED)
+        assert watermark(store) == read_before + len(REVIEWED)
+        assert watermark(store, RETRAIN_MARK) == read_before + len(REVIEWED)
 
-    triggered = [r for r in deployment_runs("retrain/weekly") if r.id not in retrains_before]
+    # The ingestion's event; the deployment's automation starts the run.
+    triggered = wait_for_new_runs("retrain/weekly", retrains_before)
     assert len(triggered) == 1, [r.name for r in triggered]
     assert triggered[0].parameters["trigger"] == "feedback"
     assert triggered[0].parameters["params_path"] == str(project / "params.yaml")
     wait_for_final_state(stack, triggered[0].id)
 
-    # 4. The triggered retrain registered version 2, trained on the new data version.
-    second = mlflow.get_model_version(name, "2")
-    assert second.tags["data.labeled_hash"] == labeled_after
+    # 4. The triggered retrain registered a version trained on the new data version.
+    (second,) = [
+        v
+        for v in mlflow.search_model_versions(f"name='{name}'")
+        if v.tags.get("data.labeled_hash") == labeled_after
+    ]
     assert second.tags["gate.decision"] in {"promoted", "refused"}
-    assert mlflow.get_model_version_by_alias(name, "champion").version in {"1", "2"}
-    # The live accuracy of version 1 on the feedback was recorded on the version.
-    live = mlflow.get_model_version(name, "1").tags
+    assert mlflow.get_model_version_by_alias(name, "champion").version in {
+        champion.version,
+        second.version,
+    }
+    # The live accuracy of the served version on the feedback was recorded on it.
+    live = mlflow.get_model_version(name, champion.version).tags
     assert live.get("live.feedback_rows") == str(len(REVIEWED)), live

@@ -119,9 +119,14 @@ def test_two_retrains_and_an_ingestion_started_at_once_take_turns(stack: Stack):
 
     # At the same moment (the worker picks all three up in one poll).
     t0 = time.monotonic()
+    # force: both train, whether or not the ingestion lands between them (without it,
+    # the second retrain on the first's data is skipped as unchanged).
     retrains = [
         run_deployment(
-            "retrain/weekly", parameters={"trigger": "take-turns"}, timeout=0, as_subflow=False
+            "retrain/weekly",
+            parameters={"trigger": "test", "force": True},
+            timeout=0,
+            as_subflow=False,
         )
         for _ in range(2)
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -501,3 +502,114 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(baseline, base
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed_from_epoch 1" in rerun.stdout
     assert_same_weights(root / "model", out)  # as if it had never been killed
+
+
+# --------------------------------------------------------------------------- progress reports
+
+PROGRESS_KEYS = {
+    "epoch",
+    "epochs",
+    "step",
+    "steps",
+    "epoch_step",
+    "epoch_steps",
+    "percent",
+    "loss",
+    "examples_per_s",
+    "seconds",
+    "lr",
+    "epoch_end",
+}
+PROGRESS_LINE = re.compile(
+    r"^epoch (\d+)/(\d+), step (\d+)/(\d+) \(\d+%\): loss \d+\.\d{4}, \d+\.\d examples/s$"
+)
+
+
+def test_report_every_seconds_0_reports_every_step_and_trains_the_same(
+    baseline, base_model, frames, tmp_path, caplog
+):
+    reports: list[dict] = []
+    with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
+        result = train_model(
+            *frames,
+            TINY_LABELS,
+            config(base_model, report_every_seconds=0),
+            tmp_path / "model",
+            tmp_path / "ck",
+            on_progress=reports.append,
+            progress=False,
+            task=SEQUENCE,
+        )
+    total = result.params["total_steps"]
+    per_epoch = result.params["steps_per_epoch"]
+    assert total == 4 * per_epoch > 4
+    # One report per step (an epoch's last step is its end: not reported twice).
+    assert [r["step"] for r in reports] == list(range(1, total + 1))
+    assert all(set(r) == PROGRESS_KEYS for r in reports)
+    assert [r["epoch_end"] for r in reports] == [False] * total
+    first, last = reports[0], reports[-1]
+    assert (first["epoch"], first["epoch_step"], first["epochs"], first["steps"]) == (
+        1,
+        1,
+        4,
+        total,
+    )
+    assert (last["epoch"], last["epoch_step"], last["percent"]) == (4, per_epoch, 100.0)
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in reports)
+    assert all(r["examples_per_s"] > 0 and r["lr"] >= 0 for r in reports)  # warm-up: 0 first
+    # The last report of an epoch is the epoch's train loss.
+    assert last["loss"] == pytest.approx(result.history[-1]["train_loss"], rel=1e-5)
+    # Without a progress bar each report is a log line.
+    lines = [m.groups() for r in caplog.records if (m := PROGRESS_LINE.match(r.getMessage()))]
+    assert [int(g[2]) for g in lines] == list(range(1, total + 1))
+    # Reading the loss for a report changes nothing that is trained.
+    assert_same_weights(baseline[2] / "model", tmp_path / "model")
+
+
+def test_reports_come_when_due_on_the_clock_and_at_each_epoch_end(
+    base_model, frames, tmp_path, monkeypatch, caplog
+):
+    import slmops.tasks.model.train as train_module
+
+    # A clock 10 s on at every read: read once when training starts, then once a step,
+    # so a report every 25 s is due at every third step.
+    ticks = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(train_module, "_clock", lambda: next(ticks))
+    reports: list[dict] = []
+    with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
+        result = train_model(
+            *frames,
+            TINY_LABELS,
+            config(base_model, epochs=2, report_every_seconds=25),
+            tmp_path / "model",
+            tmp_path / "ck",
+            on_progress=reports.append,
+            progress=False,
+            task=SEQUENCE,
+        )
+    total, per_epoch = result.params["total_steps"], result.params["steps_per_epoch"]
+    due = list(range(3, total + 1, 3))
+    assert [r["step"] for r in reports if not r["epoch_end"]] == due
+    ends = [e * per_epoch for e in (1, 2) if e * per_epoch not in due]
+    assert [r["step"] for r in reports if r["epoch_end"]] == ends
+    assert reports[-1]["percent"] == 100.0
+    # A log line for each report due on the clock; an epoch's end has its own line.
+    lines = [int(m[3]) for r in caplog.records if (m := PROGRESS_LINE.match(r.getMessage()))]
+    assert lines == due
+
+
+def test_a_progress_bar_run_without_on_progress_has_no_report_lines(
+    base_model, frames, tmp_path, caplog
+):
+    with caplog.at_level(logging.INFO, logger="slmops.tasks.model.train"):
+        train_model(
+            *frames,
+            TINY_LABELS,
+            config(base_model, epochs=1, report_every_seconds=0),
+            tmp_path / "model",
+            tmp_path / "ck",
+            progress=True,
+            task=SEQUENCE,
+        )
+    assert not any(PROGRESS_LINE.match(r.getMessage()) for r in caplog.records)
+    assert "epoch 1/1: train loss" in caplog.text
