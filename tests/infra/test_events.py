@@ -122,11 +122,19 @@ def test_two_events_at_once_give_two_queued_runs_never_two_running(stack: Stack)
     params_path = stack.project / "params.yaml"
     params = load_params(params_path)
     before = {r.id for r in deployment_runs("retrain/weekly")}
+    # Profile `steady` (2 epochs), which no other test trains on this data: the first run
+    # trains (tens of seconds), so the second is submitted while it holds the slot. With
+    # a recipe trained before, the first would skip in seconds and could end before the
+    # worker even picked the second up (then nothing had to wait).
     for n in range(2):
         emit_event(
             event=RETRAIN_DUE,
             resource=model_resource(params.registry.model_name),
-            payload={"reason": f"test event {n}", "params_path": str(params_path), "profile": None},
+            payload={
+                "reason": f"test event {n}",
+                "params_path": str(params_path),
+                "profile": "steady",
+            },
         )
     EventsWorker.drain_all()
 
