@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup browser demo demo-loop test lint bench bench-quick services services-stop services-status deploy help
+.PHONY: setup browser demo demo-loop test lint bench bench-quick services services-stop services-status postgres postgres-stop deploy help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,14 @@ services-stop:  ## stop the services started by `make services`
 
 services-status:  ## which services are running
 	./infra/services.sh status
+
+postgres:  ## a PostgreSQL cluster on 127.0.0.1 (.run/postgres; installs Debian's server as root); prints its URL
+	./infra/postgres.sh install
+	./infra/postgres.sh start
+	./infra/postgres.sh url
+
+postgres-stop:  ## stop that cluster (its data stays in .run/postgres)
+	./infra/postgres.sh stop
 
 # `make deploy DEPLOY_ARGS="--params other/params.yaml --paused"`: see --help of the module.
 deploy: setup  ## register the deployments (retrain weekly, ingest_feedback hourly, monitor), their automations

@@ -21,6 +21,11 @@
 #   MLFLOW_BACKEND_STORE_URI     runs and registry [sqlite:///<repo>/mlflow/mlflow.db]
 #   MLFLOW_ARTIFACTS_DESTINATION artifacts the server stores [<repo>/mlflow/artifacts]
 #   SLMOPS_START_TIMEOUT         seconds to wait for each service [180]
+#   SLMOPS_DB                    sqlite, or postgres: MLflow and the Prefect server on
+#                                the PostgreSQL cluster of infra/postgres.sh (started
+#                                when not running, stopped by `stop` only if `start`
+#                                started it; databases mlflow, prefect, feedback) [sqlite]
+#   SLMOPS_PG_DIR, SLMOPS_PG_PORT  that cluster's folder and port [$SLMOPS_RUN_DIR/postgres]
 # Then point clients at them:
 #   export PREFECT_API_URL=http://127.0.0.1:4200/api
 #   export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
@@ -36,6 +41,18 @@ TIMEOUT="${SLMOPS_START_TIMEOUT:-180}"
 export MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$REPO/mlflow/mlflow.db}"
 export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$REPO/mlflow/artifacts}"
 SERVICES=(prefect-server mlflow-server prefect-worker)
+DB="${SLMOPS_DB:-sqlite}"
+export SLMOPS_PG_DIR="${SLMOPS_PG_DIR:-$RUN/postgres}"
+POSTGRES="$REPO/infra/postgres.sh"
+# Present while the cluster runs because `start` started it: `stop` then stops it.
+PG_OURS="$RUN/postgres.started-by-services"
+case $DB in
+sqlite | postgres) ;;
+*)
+    echo "SLMOPS_DB=$DB: expected sqlite or postgres" >&2
+    exit 2
+    ;;
+esac
 
 # No telemetry, no hub downloads, no promotional content: nothing reaches the network
 # (docs/architecture.md).
@@ -184,6 +201,26 @@ start)
         mkdir -p "$PREFECT_HOME"
         export PREFECT_HOME
     fi
+    if [ "$DB" = postgres ]; then
+        if ! "$POSTGRES" status >/dev/null 2>&1; then
+            "$POSTGRES" start
+            touch "$PG_OURS"
+        fi
+        pg_url=$("$POSTGRES" url)  # postgresql+psycopg://slmops@127.0.0.1:PORT/postgres
+        # One database per store, made once (CREATE DATABASE cannot run in a transaction).
+        "$BIN/python" -c 'import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as db:
+    have = {r[0] for r in db.execute("SELECT datname FROM pg_database")}
+    for name in sys.argv[2:]:
+        if name not in have:
+            db.execute(f"CREATE DATABASE {name}")' \
+            "${pg_url/+psycopg/}" mlflow prefect feedback
+        export MLFLOW_BACKEND_STORE_URI="${pg_url%/postgres}/mlflow"
+        pg_prefect="${pg_url%/postgres}/prefect"
+        export PREFECT_SERVER_DATABASE_CONNECTION_URL="${pg_prefect/+psycopg/+asyncpg}"
+        echo "postgres: MLflow on ${MLFLOW_BACKEND_STORE_URI}, Prefect on" \
+            "$PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    fi
     case $MLFLOW_BACKEND_STORE_URI in
     sqlite:///*) mkdir -p "$(dirname "${MLFLOW_BACKEND_STORE_URI#sqlite:///}")" ;;
     esac
@@ -226,9 +263,17 @@ start)
     wait_for mlflow-server "answering at $MLFLOW_URL" "$HTTP_OK" "$MLFLOW_URL/health"
     echo "export PREFECT_API_URL=$PREFECT_API"
     echo "export MLFLOW_TRACKING_URI=$MLFLOW_URL"
+    if [ "$DB" = postgres ]; then
+        echo "# the feedback store on the same cluster, in params.yaml:"
+        echo "#   feedback.db_url: ${pg_url%/postgres}/feedback"
+    fi
     ;;
 stop)
     for name in prefect-worker mlflow-server prefect-server; do stop_one "$name"; done
+    if [ -f "$PG_OURS" ]; then
+        "$POSTGRES" stop
+        rm -f "$PG_OURS"
+    fi
     ;;
 status)
     code=0
@@ -240,6 +285,9 @@ status)
             code=3
         fi
     done
+    if [ "$DB" = postgres ]; then
+        "$POSTGRES" status || code=3
+    fi
     exit $code
     ;;
 *)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -216,3 +217,46 @@ def ner_project(tmp_path, monkeypatch, git_identity):
         assert proc.returncode == 0, proc.stderr
     monkeypatch.chdir(root)
     return root
+
+
+POSTGRES_SH = REPO / "infra" / "postgres.sh"
+
+
+def postgres(command: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``infra/postgres.sh <command> [args]`` with ``env``, its output captured."""
+    return subprocess.run(
+        [str(POSTGRES_SH), command, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # `install` runs apt-get
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 started by ``infra/postgres.sh`` (a
+    free port, a temporary folder, no fsync), stopped and removed afterwards. As root,
+    ``infra/postgres.sh install`` first puts Debian's server there when it is missing;
+    otherwise the test is skipped when there are no server binaries."""
+    # Under /tmp (not pytest's tmp_path, closed to other users): as root the cluster
+    # runs as `postgres` or `nobody`, which must reach its folder.
+    folder = tempfile.mkdtemp(prefix="slmops-pg-")
+    env = {**os.environ, "SLMOPS_PG_DIR": folder, "SLMOPS_PG_THROWAWAY": "1"}
+    env.pop("SLMOPS_PG_PORT", None)
+    if os.geteuid() == 0:
+        installed = postgres("install", env=env)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+    elif postgres("install", env=env).returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    try:
+        started = postgres("start", env=env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        url = postgres("url", env=env)
+        assert url.returncode == 0, url.stdout + url.stderr
+        yield url.stdout.strip()
+    finally:
+        postgres("stop", "--remove", env=env)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -3,18 +3,11 @@ that share a Postgres feedback store; nesting is fine."""
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,65 +115,6 @@ def test_the_advisory_key_is_the_projects_and_only_postgres_uses_it(tmp_path):
 
 
 # ------------------------------------------------------------------ Postgres
-
-
-def _pg_binary(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (a free port, a temporary folder),
-    stopped and removed afterwards. Postgres refuses to run as root: under root its
-    binaries run as the ``postgres`` user (or ``nobody``)."""
-    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip(
-            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql"
-        )
-    as_user: dict = {}
-    folder = Path(tempfile.mkdtemp(prefix="slmops-pg-"))
-    if os.geteuid() == 0:
-        for name in ("postgres", "nobody"):
-            try:
-                user = pwd.getpwnam(name)
-            except KeyError:
-                continue
-            as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-            os.chown(folder, user.pw_uid, user.pw_gid)
-            break
-        else:
-            shutil.rmtree(folder)
-            pytest.skip("running as root and no non-root user (postgres, nobody) to run Postgres")
-    data, port = folder / "data", _free_port()
-
-    def pg(*cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            cmd, cwd=folder, capture_output=True, text=True, timeout=120, check=False, **as_user
-        )
-
-    try:
-        made = pg(initdb, "-D", str(data), "-U", "slmops", "-A", "trust", "--no-sync", "-E", "UTF8")
-        assert made.returncode == 0, made.stdout + made.stderr
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
-        started = pg(
-            pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"
-        )
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield f"postgresql+psycopg://slmops@127.0.0.1:{port}/postgres"
-    finally:
-        pg(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 PG_HOLD = """

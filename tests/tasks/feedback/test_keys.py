@@ -19,7 +19,6 @@ from slmops.tasks.feedback.keys import (
     parse_key,
 )
 from slmops.tasks.feedback.store import make_engine
-from tests.tasks.core.test_lock import postgres_url  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -101,7 +100,7 @@ def test_bad_names_and_roles_are_refused_with_the_reason(keys, name, role, messa
 
 
 def test_on_postgres_one_active_key_per_name_and_a_new_one_after_revoking(
-    postgres_url,  # noqa: F811 (the fixture imported above)
+    postgres_url,
     tmp_path,
 ):
     with KeyStore(make_engine(postgres_url, tmp_path)) as keys:

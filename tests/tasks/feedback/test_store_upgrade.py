@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 
 from slmops.tasks.feedback.store import FeedbackStore, NewPrediction, make_engine
-from tests.tasks.core.test_lock import postgres_url  # noqa: F401 (a fixture)
 
 # The predictions table as the first release made it (no principal column).
 OLD_PREDICTIONS = """
