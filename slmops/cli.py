@@ -66,6 +66,11 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(
+    help="The feedback database's schema (Alembic migrations; feedback.db_url).",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
 
 out = Console()
 err = Console(stderr=True)
@@ -635,6 +640,48 @@ def keys_list(params: ParamsOpt = None) -> None:
             f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-",
         )
     out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(params: ParamsOpt = None) -> None:
+    """Bring the feedback database's schema to the newest revision (creates a new one).
+
+    A database made before migrations is recognised, brought to that release's schema and
+    stamped; rows are kept. Idempotent. The service and the flows do this themselves when
+    feedback.auto_migrate is true.
+    """
+    # deferred: pulls SQLAlchemy and Alembic; keeps --help fast
+    from slmops.tasks.feedback.store import make_engine, upgrade_schema
+
+    p = _params(params)
+    engine = make_engine(p.feedback.db_url, p.root)
+    try:
+        before, after = upgrade_schema(engine)
+    finally:
+        engine.dispose()
+    where = escape(engine.url.render_as_string(hide_password=True))
+    if before == after:
+        out.print(f"{where}: already at revision {after}")
+    else:
+        out.print(f"{where}: upgraded from {before or 'no revision'} to {after}")
+
+
+@db_app.command("current")
+def db_current(params: ParamsOpt = None) -> None:
+    """Show the feedback database's schema revision and the newest this code knows."""
+    # deferred: pulls SQLAlchemy and Alembic; keeps --help fast
+    from slmops.tasks.feedback import migrations
+    from slmops.tasks.feedback.store import make_engine  # deferred, as above
+
+    p = _params(params)
+    engine = make_engine(p.feedback.db_url, p.root)
+    try:
+        have = migrations.current(engine)
+    finally:
+        engine.dispose()
+    head = migrations.head()
+    state = "up to date" if have == head else "behind: run `slmops db upgrade`"
+    out.print(f"revision {have or 'none'} (head {head}): {state}")
 
 
 @keys_app.command("revoke")

@@ -595,6 +595,11 @@ class FeedbackConfig(_Strict):
         default="sqlite:///data/feedback/feedback.db",
         description="SQLAlchemy URL; a relative sqlite path is resolved against the project",
     )
+    auto_migrate: bool = Field(
+        default=True,
+        description="opening the feedback store (service start, flows, CLI) upgrades its schema "
+        "to the newest revision; false: a database behind it is refused until `slmops db upgrade`",
+    )
     settle_seconds: Annotated[float, Field(ge=0)] = Field(
         default=0.0,
         description="ingest only feedback older than this; a few seconds on Postgres, where "

@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 
 from slmops.tasks.core.config import Params
 from slmops.tasks.core.task_type import LabelError, TaskType, UnknownClass
+from slmops.tasks.feedback import migrations
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +509,20 @@ def _rebuild_sqlite_feedback(engine: Engine) -> None:
     log.info("feedback database: feedback is now unique per (prediction, label, reviewer)")
 
 
+def _adopt_release_schema(engine: Engine) -> None:
+    """The release before migrations' own upgrades, for a database it made: missing
+    tables created, nullable columns added, feedback unique per reviewer."""
+    metadata.create_all(engine)  # idempotent: missing tables only
+    _add_missing_columns(engine)
+    _per_reviewer_feedback(engine)
+
+
+def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
+    """Bring the feedback database to the newest schema revision (``slmops db upgrade``);
+    return (revision before, revision after). Idempotent."""
+    return migrations.upgrade(engine, adopt=_adopt_release_schema)
+
+
 class FeedbackStore:
     """Predictions, feedback and ingestion watermarks in one SQL database.
 
@@ -515,18 +530,23 @@ class FeedbackStore:
     so the service can call it from its worker threads.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, auto_migrate: bool = True) -> None:
+        """Open the store; ``auto_migrate``: bring its schema to this code's revision
+        (a new database is created so), else raise :class:`migrations.SchemaBehind`
+        unless it is there already."""
         self.engine = engine
-        # Idempotent: creates missing tables only, never alters existing ones...
-        metadata.create_all(engine)
-        # ...so columns added to a table since its database was made are added here.
-        _add_missing_columns(engine)
-        _per_reviewer_feedback(engine)
+        if auto_migrate:
+            upgrade_schema(engine)
+        else:
+            migrations.check(engine)
 
     @classmethod
     def from_params(cls, params: Params) -> FeedbackStore:
         """The store at ``feedback.db_url`` (a relative SQLite path is under the project root)."""
-        return cls(make_engine(params.feedback.db_url, params.root))
+        return cls(
+            make_engine(params.feedback.db_url, params.root),
+            auto_migrate=params.feedback.auto_migrate,
+        )
 
     def close(self) -> None:
         """Close the pooled connections."""
