@@ -675,6 +675,13 @@ def db_current(params: ParamsOpt = None) -> None:
 
     p = _params(params)
     engine = make_engine(p.feedback.db_url, p.root)
+    where = escape(engine.url.render_as_string(hide_password=True))
+    file = engine.url.database if engine.dialect.name == "sqlite" else None
+    if file and file != ":memory:" and not Path(file).exists():
+        # Connecting would create an empty file: say what is there instead.
+        engine.dispose()
+        out.print(f"{where}: no database yet (`slmops db upgrade` or the service creates it)")
+        return
     try:
         have = migrations.current(engine)
     finally:

@@ -54,3 +54,11 @@ def test_db_upgrade_brings_an_older_database_to_head(project, monkeypatch, capsy
     with FeedbackStore.from_params(params) as store:  # auto_migrate off: now accepted
         assert store.get_prediction("p1").text == "a text"
         assert store.counts()["predictions"] == 1
+
+
+def test_db_current_on_a_project_without_a_database_creates_none(tmp_path, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    code, output = cli(monkeypatch, capsys, "db", "current")
+    assert code == 0 and "no database yet" in output, output
+    assert not (tmp_path / "data" / "feedback" / "feedback.db").exists()
