@@ -95,8 +95,9 @@ def build_service(params: Params, model_loader: ModelSource | None = None) -> Se
         holder, store, metrics, chunk=serve.batching.chunk_size, top_k=serve.top_k
     )
     batcher = predictions.batcher(serve.batching) if serve.batching.enabled else None
-    # The keys share the store's engine (and connection pool); closed with it.
-    authenticator = Authenticator(params, KeyStore(store.engine))
+    # The keys share the store's engine (and connection pool), closed with it, and its
+    # schema, which opening the store just brought up to date or checked.
+    authenticator = Authenticator(params, KeyStore(store.engine, auto_migrate=False))
     return Service(
         params,
         holder,

@@ -38,7 +38,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from slmops.tasks.core.config import Params
-from slmops.tasks.feedback.store import make_engine
+from slmops.tasks.feedback import migrations
+from slmops.tasks.feedback.store import make_engine, upgrade_schema
 
 KEY_PREFIX = "slm"
 ID_HEX_CHARS = 12  # 48 bits: unique among a few thousand keys; public anyway
@@ -192,15 +193,23 @@ def _api_key(row: sa.Row) -> ApiKey:
 class KeyStore:
     """The API keys in the feedback database. Thread-safe (a connection per call)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, auto_migrate: bool = True) -> None:
+        """Open the keys; the table is the migrations' (revision 0003): ``auto_migrate``
+        brings the database's schema to this code's revision, else an older database
+        raises :class:`migrations.SchemaBehind`."""
         self.engine = engine
-        # Idempotent: creates the table when missing, never alters it.
-        metadata.create_all(engine)
+        if auto_migrate:
+            upgrade_schema(engine)
+        else:
+            migrations.check(engine)
 
     @classmethod
     def from_params(cls, params: Params) -> KeyStore:
         """The keys in the database at ``feedback.db_url``."""
-        return cls(make_engine(params.feedback.db_url, params.root))
+        return cls(
+            make_engine(params.feedback.db_url, params.root),
+            auto_migrate=params.feedback.auto_migrate,
+        )
 
     def close(self) -> None:
         """Close the pooled connections (only for a store that owns its engine)."""

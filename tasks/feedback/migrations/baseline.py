@@ -74,6 +74,32 @@ def tables() -> sa.MetaData:
     return metadata
 
 
+def api_keys(metadata: sa.MetaData) -> sa.Table:
+    """The ``api_keys`` table as the release before migrations made it: not at the first
+    open of the database but at the first use of its keys, so revision 0003 creates it
+    where it is missing instead of revision 0001."""
+    return sa.Table(
+        "api_keys",
+        metadata,
+        sa.Column("id", sa.String(12), primary_key=True),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("salt", sa.String(32), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(255), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint("role IN ('client', 'reviewer', 'admin')", name="ck_api_keys_role"),
+        sa.Index(
+            "uq_api_keys_active_name",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("revoked_at IS NULL"),
+            postgresql_where=sa.text("revoked_at IS NULL"),
+        ),
+    )
+
+
 def feedback_unique(feedback: sa.Table) -> sa.Index:
     """One row per (prediction, label, reviewer): an expression index, which SQLite's
     inspector does not list, so a revision that rebuilds ``feedback`` recreates it."""

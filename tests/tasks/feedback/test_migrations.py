@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
 from slmops.tasks.feedback import migrations
+from slmops.tasks.feedback.keys import ApiKeyError, KeyStore, api_keys_table
 from slmops.tasks.feedback.migrations import baseline
 from slmops.tasks.feedback.store import (
     FeedbackStore,
@@ -18,23 +21,40 @@ from slmops.tasks.feedback.store import (
     make_engine,
     upgrade_schema,
 )
+from slmops.tasks.feedback.store import metadata as store_metadata
 from slmops.tasks.task_types import task_type
 from tests.tasks.feedback.test_store_upgrade import fresh_database
 
-TABLES = ["predictions", "feedback", "ingest_watermark", "feedback_held", "feedback_revocations"]
+TABLES = [
+    "predictions",
+    "feedback",
+    "ingest_watermark",
+    "feedback_held",
+    "feedback_revocations",
+    "api_keys",
+]
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 LABELS = ["card_arrival", "top_up_failed"]
 
 
-def release_database(tmp_path, backend: str, request, *, varchar_labels: bool) -> str:
+def release_tables() -> sa.MetaData:
+    """Every table the release before migrations made, ``api_keys`` included."""
+    tables = baseline.tables()
+    baseline.api_keys(tables)
+    return tables
+
+
+def release_database(
+    tmp_path, backend: str, request, *, varchar_labels: bool, keys: bool = True
+) -> str:
     """A database made as the release before migrations made it (``create_all`` of its
-    tables; ``varchar_labels``: as the first release declared them, VARCHAR(255)), with
-    rows in every table."""
+    tables; ``varchar_labels``: as the first release declared them, VARCHAR(255);
+    ``keys``: its keys were used, so it has ``api_keys``), with rows in every table."""
     if backend == "postgres":
         url = fresh_database(request.getfixturevalue("postgres_url"))
     else:
         url = f"sqlite:///{tmp_path / 'release.db'}"
-    tables = baseline.tables()
+    tables = release_tables() if keys else baseline.tables()
     if varchar_labels:
         for name in ("predictions", "feedback"):
             tables.tables[name].c.label.type = sa.String(255)
@@ -86,13 +106,26 @@ def release_database(tmp_path, backend: str, request, *, varchar_labels: bool) -
             tables.tables["feedback_revocations"].insert(),
             {"feedback_id": 1, "revoked_by": "ops", "reason": "spam", "revoked_at": AT},
         )
+        if keys:
+            conn.execute(
+                tables.tables["api_keys"].insert(),
+                {
+                    "id": "0123456789ab",
+                    "name": "ann",
+                    "role": "reviewer",
+                    "salt": "00" * 16,
+                    "hash": "ab" * 32,
+                    "created_at": AT,
+                    "created_by": "ops",
+                },
+            )
     engine.dispose()
     return url
 
 
 def contents(engine: sa.Engine) -> dict[str, list[tuple]]:
     """Every row of every table, in key order."""
-    tables = baseline.tables()
+    tables = release_tables()
     out = {}
     with engine.connect() as conn:
         for name in TABLES:
@@ -168,6 +201,34 @@ def test_a_second_upgrade_changes_nothing(tmp_path, backend, request):
     engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_release_database_whose_keys_were_never_used_gets_the_keys_table(
+    tmp_path, backend, request
+):
+    url = release_database(tmp_path, backend, request, varchar_labels=False, keys=False)
+    engine = make_engine(url, tmp_path)
+    assert "api_keys" not in sa.inspect(engine).get_table_names()
+    upgrade_schema(engine)
+    with KeyStore(engine, auto_migrate=False) as keys:
+        key, _ = keys.add("ann", "reviewer", created_by="ops")
+        # The partial unique index came with it: one active key per name.
+        with pytest.raises(ApiKeyError, match="already has an active key"):
+            keys.add("ann", "admin", created_by="ops")
+        keys.revoke(key.id)
+        keys.add("ann", "admin", created_by="ops")
+
+
+def test_the_keys_refuse_an_older_database_when_migrating_is_off(tmp_path, request):
+    url = release_database(tmp_path, "sqlite", request, varchar_labels=False, keys=False)
+    engine = make_engine(url, tmp_path)
+    with pytest.raises(migrations.SchemaBehind, match="slmops db upgrade"):
+        KeyStore(engine, auto_migrate=False)
+    assert "api_keys" not in sa.inspect(engine).get_table_names()  # untouched
+    with KeyStore(engine) as keys:  # auto_migrate on (the default): brought up to date
+        assert keys.keys() == []
+    assert migrations.current(engine) == migrations.head()
+
+
 def test_a_new_database_is_made_by_the_migrations(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}", tmp_path)
     with FeedbackStore(engine) as store:
@@ -188,3 +249,22 @@ def test_with_auto_migrate_off_an_older_database_is_refused(tmp_path, request):
         conn.exec_driver_sql(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '0001'")
     with pytest.raises(migrations.SchemaBehind, match="at revision 0001"):
         FeedbackStore(engine, auto_migrate=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*expression-based index")  # SQLite cannot reflect it
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_migrations_make_the_schema_the_code_declares(tmp_path, backend, request):
+    # A table or column added to the code without a revision shows up here.
+    if backend == "postgres":
+        url = fresh_database(request.getfixturevalue("postgres_url"))
+    else:
+        url = f"sqlite:///{tmp_path / 'new.db'}"
+    engine = make_engine(url, tmp_path)
+    upgrade_schema(engine)
+    declared = sa.MetaData()
+    for table in [*store_metadata.tables.values(), api_keys_table]:
+        table.to_metadata(declared)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": migrations.VERSION_TABLE})
+        assert compare_metadata(context, declared) == []
+    engine.dispose()
