@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup browser demo demo-loop test lint bench bench-quick services services-stop services-status postgres postgres-stop deploy help
+.PHONY: setup browser demo demo-loop test lint bench bench-quick services services-stop services-status postgres postgres-stop label-studio label-studio-stop deploy help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,15 @@ postgres:  ## a PostgreSQL cluster on 127.0.0.1 (.run/postgres; installs Debian'
 
 postgres-stop:  ## stop that cluster (its data stays in .run/postgres)
 	./infra/postgres.sh stop
+
+label-studio:  ## a Label Studio server on 127.0.0.1 (own venv and data in .run/label-studio); prints its URL
+	./infra/label-studio.sh install
+	./infra/label-studio.sh start
+	@echo "url:   $$(./infra/label-studio.sh url)   (label_studio.url in params.yaml)"
+	@echo "token: export LABEL_STUDIO_API_KEY=$$(./infra/label-studio.sh token)"
+
+label-studio-stop:  ## stop that server (its data stays in .run/label-studio)
+	./infra/label-studio.sh stop
 
 # `make deploy DEPLOY_ARGS="--params other/params.yaml --paused"`: see --help of the module.
 deploy: setup  ## register the deployments (retrain weekly, ingest_feedback hourly, monitor), their automations

@@ -38,9 +38,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron, Interval, Schedule
 from prefect.utilities.callables import ParameterSchema
 
-from slmops.flows.events import DRIFT_ALERT, RETRAIN_DUE, model_resource
 from slmops.flows.parameters import Trigger, with_profile_choices
 from slmops.tasks.core.config import Params, load_params
+from slmops.tasks.core.events import DRIFT_ALERT, RETRAIN_DUE, REVIEW_ANNOTATED, model_resource
 
 REPO = Path(__file__).resolve().parents[1]
 RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
@@ -95,8 +95,11 @@ class Spec:
         return Interval(datetime.timedelta(seconds=seconds), parameters=parameters)
 
 
-def _trigger(name: str, event: str, model: str, trigger: Trigger, description: str) -> dict:
-    """An automation on ``event`` about ``model`` that starts a run with ``trigger``."""
+def _trigger(
+    name: str, event: str, model: str, description: str, parameters: dict[str, Any]
+) -> dict:
+    """An automation on ``event`` about ``model`` that starts a run with ``parameters``
+    (over the deployment's own)."""
     return {
         "name": name,
         "description": description,
@@ -105,7 +108,7 @@ def _trigger(name: str, event: str, model: str, trigger: Trigger, description: s
         "expect": [event],
         "posture": "Reactive",
         "threshold": 1,  # each event starts one run (two at once: two, queued)
-        "parameters": {**FROM_EVENT, "trigger": trigger.value},
+        "parameters": parameters,
     }
 
 
@@ -118,8 +121,8 @@ def deployment_specs(params: Params, params_path: str, schedules: Schedules) -> 
             f"retrain {model} on feedback",
             RETRAIN_DUE,
             model,
-            Trigger.feedback,
             f"Ingestion crossed the retrain threshold or the live-accuracy floor ({RETRAIN_DUE})",
+            {**FROM_EVENT, "trigger": Trigger.feedback.value},
         )
     ]
     if params.monitoring.retrain_on_drift:
@@ -128,8 +131,21 @@ def deployment_specs(params: Params, params_path: str, schedules: Schedules) -> 
                 f"retrain {model} on drift",
                 DRIFT_ALERT,
                 model,
-                Trigger.drift,
                 f"A monitoring check fired ({DRIFT_ALERT}; monitoring.retrain_on_drift)",
+                {**FROM_EVENT, "trigger": Trigger.drift.value},
+            )
+        )
+    # Label Studio's webhook (through the service's /hooks/label-studio): an ingestion,
+    # which pulls the annotations first, with the deployment's own parameters.
+    ingest_triggers = []
+    if params.label_studio.url is not None:
+        ingest_triggers.append(
+            _trigger(
+                f"ingest {model} on annotations",
+                REVIEW_ANNOTATED,
+                model,
+                f"Annotators submitted labels in Label Studio ({REVIEW_ANNOTATED})",
+                {},
             )
         )
     return [
@@ -149,6 +165,7 @@ def deployment_specs(params: Params, params_path: str, schedules: Schedules) -> 
             f"{RETRAIN_DUE}, which starts retrain/weekly.",
             {"params_path": params_path},
             {"interval": schedules.ingest_every_s},
+            ingest_triggers,
         ),
         Spec(
             MONITOR_ENTRYPOINT,

@@ -1,12 +1,10 @@
-"""The Prefect events the flows emit, and what the deployments' automations react to.
+"""Emitting the Prefect events the flows send (their names and resource:
+:mod:`slmops.tasks.core.events`).
 
-``slmops.feedback.retrain-due``: ingestion crossed ``feedback.retrain_after_labels``
-or the live-accuracy floor (``flows/ingest_feedback.py``); the automation of
+``slmops.feedback.retrain-due`` (``flows/ingest_feedback.py``): the automation of
 ``retrain/weekly`` starts a retrain with ``trigger=feedback``.
-``slmops.monitoring.alert``: a monitoring check fired (``flows/monitor.py``); with
-``monitoring.retrain_on_drift`` an automation starts a retrain with ``trigger=drift``.
-Both name the model as their resource, so a server shared by several projects starts
-the retrain of the project whose model it is (``flows/deployments.py``).
+``slmops.monitoring.alert`` (``flows/monitor.py``): with ``monitoring.retrain_on_drift``
+an automation starts a retrain with ``trigger=drift`` (``flows/deployments.py``).
 ``tasks/`` never talks to Prefect: the flows emit these from what the steps return.
 """
 
@@ -20,22 +18,9 @@ from prefect.events import emit_event
 
 log = logging.getLogger(__name__)
 
-RETRAIN_DUE = "slmops.feedback.retrain-due"
-DRIFT_ALERT = "slmops.monitoring.alert"
 
 # emit(event name, resource, payload) -> event id or None (tests pass a recorder).
 Emitter = Callable[[str, dict[str, str], dict[str, Any]], str | None]
-
-
-def model_resource(model_name: str, version: str | None = None) -> dict[str, str]:
-    """The resource of an event about ``model_name`` (what the automations match on)."""
-    resource = {
-        "prefect.resource.id": f"slmops.model.{model_name}",
-        "prefect.resource.name": model_name,
-    }
-    if version is not None:
-        resource["slmops.model.version"] = str(version)
-    return resource
 
 
 def emit_prefect_event(event: str, resource: dict[str, str], payload: dict[str, Any]) -> str | None:

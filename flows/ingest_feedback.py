@@ -1,6 +1,9 @@
 """Prefect flow ``ingest_feedback``: corrections from the service → labeled data → retrain.
 
-Reads the feedback after the watermark, merges it into the labeled data as a
+When ``label_studio.url`` is set (and ``label_studio.pull_on_ingest``), first pulls the
+Label Studio project's new annotations into the labeled data (``slmops review pull``);
+a server that cannot be reached, or refuses, is a warning and the feedback is still
+ingested. Then reads the feedback after the watermark, merges it into the labeled data as a
 new DVC version (gate, conflicts, provenance; see ``tasks/feedback/ingest.py``),
 records the champion's live accuracy, deletes the predictions older than
 ``feedback.retention_days`` that never got feedback, and, when a threshold is crossed,
@@ -21,11 +24,13 @@ from prefect.events.schemas.events import Resource
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, State
 
-from slmops.flows.events import RETRAIN_DUE, emit_prefect_event, model_resource
+from slmops.flows.events import emit_prefect_event
 from slmops.flows.parameters import Trigger
 from slmops.flows.retrain import retrain
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.config import load_params
+from slmops.tasks.core.errors import DataError
+from slmops.tasks.core.events import RETRAIN_DUE, model_resource
 from slmops.tasks.feedback.ingest import (
     RETRAIN_MARK,
     IngestResult,
@@ -35,8 +40,40 @@ from slmops.tasks.feedback.ingest import (
 )
 from slmops.tasks.feedback.retention import RetentionResult, apply_retention
 from slmops.tasks.feedback.store import FeedbackStore
+from slmops.tasks.labels.label_studio import LabelStudioError
 from slmops.tasks.pipeline.prepare import ingest_feedback
+from slmops.tasks.pipeline.review import pull as pull_label_studio
 from slmops.tasks.registry.tracking import record_live_accuracy
+
+
+@step(name="pull-label-studio")
+def label_studio_task(params) -> dict[str, Any]:
+    """Pull the Label Studio project's new annotations (a new DVC version when any).
+    A server that cannot be reached or refuses, or labels the import refuses, are a
+    warning: the feedback ingestion that follows does not depend on them."""
+    logger = get_run_logger()
+    try:
+        r = pull_label_studio(params)
+    except (LabelStudioError, DataError) as exc:
+        logger.warning("Label Studio pull skipped: %s", exc)
+        return {"error": str(exc)}
+    s = r.summary
+    logger.info(
+        "Label Studio project %s at %s: %d task(s) with new annotations%s",
+        r.project_id,
+        r.url,
+        r.new_tasks,
+        f", {s.added} added, {s.corrected} corrected, {s.quarantined} quarantined" if s else "",
+    )
+    return {
+        "project_id": r.project_id,
+        "new_tasks": r.new_tasks,
+        "added": s.added if s else 0,
+        "corrected": s.corrected if s else 0,
+        "quarantined": s.quarantined if s else 0,
+        "version": s.version if s else None,
+        "export": str(r.export) if r.export else None,
+    }
 
 
 @step(name="ingest-feedback")
@@ -154,7 +191,11 @@ def _set_aside_lines(result: IngestResult) -> list[str]:
 
 
 def _summary(
-    result: IngestResult, reason: str | None, triggered: dict | None, pruned: RetentionResult
+    result: IngestResult,
+    reason: str | None,
+    triggered: dict | None,
+    pruned: RetentionResult,
+    pulled: dict[str, Any] | None = None,
 ) -> str:
     s = result.summary
     lines = [
@@ -168,6 +209,14 @@ def _summary(
         lines.append(
             f"- Labeled data: {s.added} added, {s.corrected} corrected, {s.unchanged} unchanged, "
             f"{s.quarantined} quarantined"
+        )
+    if pulled is not None:
+        lines.append(
+            f"- Label Studio: pull skipped ({pulled['error']})"
+            if "error" in pulled
+            else f"- Label Studio project {pulled['project_id']}: {pulled['new_tasks']} task(s) "
+            f"with new annotations, {pulled['added']} added, {pulled['corrected']} corrected, "
+            f"{pulled['quarantined']} quarantined"
         )
     lines += _set_aside_lines(result)
     if result.version:
@@ -205,6 +254,9 @@ def ingest_feedback_flow(
     """
     logger = get_run_logger()
     params = load_params_step(params_path, profile)
+    pulled = None
+    if params.label_studio.url and params.label_studio.pull_on_ingest:
+        pulled = label_studio_task(params)
     result = ingest_task(params, limit)
     if result.live:
         live_task(params, result.live)
@@ -225,7 +277,7 @@ def ingest_feedback_flow(
         reason or "no retrain due",
     )
     create_markdown_artifact(
-        markdown=_summary(result, reason, triggered, pruned),
+        markdown=_summary(result, reason, triggered, pruned, pulled),
         key="ingest-feedback-summary",
         description="Feedback ingestion summary",
     )
@@ -246,6 +298,7 @@ def ingest_feedback_flow(
         "conflicts": result.conflicts,
         "dead_lettered": len(result.dead_letters),
         "skipped": result.skipped,
+        "label_studio": pulled,
     }
     if result.dead_letters:
         # The run succeeded, but its state says what it set aside (the UI shows it).

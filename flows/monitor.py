@@ -22,9 +22,10 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from slmops.flows.events import DRIFT_ALERT, Emitter, emit_prefect_event, model_resource
+from slmops.flows.events import Emitter, emit_prefect_event
 from slmops.flows.steps import load_params_step, pipeline_flow, step
 from slmops.tasks.core.config import Params
+from slmops.tasks.core.events import DRIFT_ALERT, model_resource
 from slmops.tasks.monitoring.report import MonitoringReport, alert_payload, save_json
 from slmops.tasks.monitoring.run import run_monitoring
 from slmops.tasks.task_types import task_type

@@ -35,7 +35,7 @@ from slmops.serving.auth import Authenticate
 from slmops.serving.context import build_service
 from slmops.serving.middleware import AnnounceArrivals, LimitBody, RecordRequests, max_body
 from slmops.serving.model_source import ModelSource
-from slmops.serving.routers import feedback, operations, predict
+from slmops.serving.routers import feedback, hooks, operations, predict
 from slmops.tasks.core.config import Params, ServeConfig, with_overrides
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def create_app(params: Params, *, model_loader: ModelSource | None = None) -> Fa
     )
     # Added last, so outermost: it also times and counts what the others refuse.
     app.add_middleware(RecordRequests, metrics=service.metrics)
-    for routes in (predict, feedback, operations):
+    for routes in (predict, feedback, operations, hooks):
         routes.add_routes(app)
     return app
 

@@ -24,9 +24,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(params: Params, port: int, ready_timeout: float = 120) -> Iterator[str]:
+def serve_in_thread(
+    params: Params, port: int, ready_timeout: float = 120, *, need_model: bool = True
+) -> Iterator[str]:
     """Run ``create_app(params)`` under uvicorn on 127.0.0.1:``port`` until the block
-    exits; yields the base URL once ``/health`` answers 200 (a model is loaded).
+    exits; yields the base URL once ``/health`` answers 200 (a model is loaded), or with
+    ``need_model`` false once it answers at all (the hooks need no model).
 
     Raises ``RuntimeError`` when the service exits or is not ready within
     ``ready_timeout`` seconds.
@@ -43,7 +46,7 @@ def serve_in_thread(params: Params, port: int, ready_timeout: float = 120) -> It
             try:
                 health = httpx.get(f"{url}/health", timeout=5)
                 status = health.json().get("status")
-                if health.status_code == 200:
+                if health.status_code == 200 or not need_model:
                     break
             except (httpx.HTTPError, ValueError):
                 status = "not answering"

@@ -18,6 +18,7 @@ from fastapi import Depends, HTTPException, Request
 
 from slmops.serving.auth import Authenticator
 from slmops.serving.batcher import MicroBatcher
+from slmops.serving.events import EventForwarder
 from slmops.serving.holder import ModelHolder, NoModel, Poller
 from slmops.serving.metrics import ServiceMetrics
 from slmops.serving.model_source import LoadedModel, ModelSource, RegistrySource
@@ -48,6 +49,8 @@ class Service:
     inference_limiter: anyio.CapacityLimiter
     # API keys (in the feedback database) and the shared token: who is calling.
     authenticator: Authenticator
+    # Prefect events from webhooks (POST /hooks/label-studio), throttled.
+    events: EventForwarder
 
     @property
     def serve(self) -> ServeConfig:
@@ -81,6 +84,7 @@ class Service:
             if self.batcher is not None:
                 await self.batcher.stop()
             await poller.stop()
+            await self.events.close()
             self.store.close()
 
 
@@ -107,6 +111,7 @@ def build_service(params: Params, model_loader: ModelSource | None = None) -> Se
         batcher,
         anyio.CapacityLimiter(1),
         authenticator,
+        EventForwarder.from_environment(serve.hook_interval_seconds),
     )
 
 

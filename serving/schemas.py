@@ -281,3 +281,25 @@ class StatsResponse(BaseModel):
     """Service counters."""
 
     batching: BatchingStats
+
+
+class LabelStudioHook(BaseModel):
+    """What Label Studio POSTs to a webhook: the action, and (with "send payload") the
+    project, task and annotation; only the action and the project are read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    action: str = Field(description="e.g. ANNOTATION_CREATED, ANNOTATION_UPDATED")
+    project: dict | None = Field(default=None, description="the project (id, title, ...)")
+
+
+class HookResponse(BaseModel):
+    """What the service did with a webhook call."""
+
+    outcome: Literal["sent", "scheduled", "ignored"] = Field(
+        description="`sent`: the Prefect event went out now; `scheduled`: one goes out at "
+        "`at` (one per serve.hook_interval_seconds); `ignored`: the action changes no label"
+    )
+    event: str | None = Field(description="the Prefect event's name")
+    at: datetime | None = Field(default=None, description="when a scheduled event goes out")
+    detail: str

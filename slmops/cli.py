@@ -71,6 +71,13 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
+review_app = typer.Typer(
+    help="The review loop with a live Label Studio server (params.yaml label_studio: url, "
+    "token_env): push the review queue as tasks, pull the finished annotations back as "
+    "labels. infra/label-studio.sh runs one on this machine.",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
 
 out = Console()
 err = Console(stderr=True)
@@ -755,6 +762,90 @@ def export_review(
     n = write_review(_params(params), dest, limit=limit, fmt=fmt, conflicts=conflicts)  # type: ignore[arg-type]
     what = "conflicting text(s)" if conflicts else "prediction(s)"
     out.print(f"{n} {what} to review → {dest}")
+
+
+@review_app.command("push")
+def review_push(
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="At most this many new tasks per queue (serve.review_limit)."),
+    ] = None,
+    conflicts: Annotated[
+        bool,
+        typer.Option(
+            "--conflicts/--no-conflicts",
+            help="Also send the texts of the feedback conflicts queue.",
+        ),
+    ] = True,
+    params: ParamsOpt = None,
+) -> None:
+    """Send the review queue to the Label Studio project (created or updated by title).
+
+    The least confident predictions without feedback (and the conflicting texts) become
+    tasks with the model's answer as a pre-annotation (a prediction, never an
+    annotation). Items already in the project are not sent again. The server is
+    label_studio.url, the token is read from the variable named by label_studio.token_env.
+    With label_studio.webhook_url set, the project's webhook to the prediction service
+    is registered too (submitted labels then start an ingestion, which pulls them).
+    """
+    # deferred: pulls pandas, SQLAlchemy and the task types; keeps --help fast
+    from slmops.tasks.labels.label_studio import LabelStudioError
+    from slmops.tasks.pipeline.review import push  # deferred: pulls the task types too
+
+    p = _params(params)
+    try:
+        r = push(p, limit=limit, conflicts=conflicts)
+    except LabelStudioError as exc:
+        raise _fail(str(exc)) from None
+    out.print(
+        f"Label Studio project {r.project_id} at {r.url} ({r.project}): "
+        f"[green]{r.predictions} prediction(s)[/] and {r.conflicts} conflicting text(s) sent, "
+        f"{r.already} already there"
+    )
+    out.print(f"label them at {r.url}/projects/{r.project_id}")
+    if r.webhook is not None:
+        out.print(
+            f"webhook {r.webhook}: labels submitted there start an ingestion "
+            f"({p.label_studio.webhook_url})"
+        )
+
+
+@review_app.command("pull")
+def review_pull(params: ParamsOpt = None) -> None:
+    """Import the finished annotations of the Label Studio project as a new data version.
+
+    Only annotations not pulled before are imported (the saved exports in
+    data.imported_dir are the record), through the label import: voting, agreement,
+    quarantine and the gate, with the project and the annotators (e-mail) as provenance.
+    """
+    # deferred: pulls pandas, SQLAlchemy and the task types; keeps --help fast
+    from slmops.tasks.labels.label_studio import LabelStudioError
+    from slmops.tasks.pipeline.review import pull  # deferred: pulls the task types too
+
+    p = _params(params)
+    try:
+        r = pull(p)
+    except LabelStudioError as exc:
+        raise _fail(str(exc)) from None
+    s = r.summary
+    if s is None:
+        out.print(
+            f"Label Studio project {r.project_id} at {r.url}: nothing new "
+            f"({r.finished} finished task(s), all pulled before)"
+        )
+        return
+    out.print(
+        f"Label Studio project {r.project_id} at {r.url}: {r.new_tasks} task(s) with new "
+        f"annotations → {s.source}: {s.votes} vote(s) → [green]{s.added} added[/], "
+        f"{s.corrected} corrected, {s.unchanged} unchanged, [yellow]{s.quarantined} quarantined[/]"
+    )
+    for line in s.problems:
+        out.print(f"  gate: {line}")
+    if s.version:
+        committed = f" (commit {r.commit})" if r.commit else ""
+        out.print(f"new dataset version {s.version}{committed}")
+    elif not s.changed:
+        out.print("nothing new: the dataset version is unchanged")
 
 
 @app.command("ingest-feedback")

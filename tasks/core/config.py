@@ -196,6 +196,47 @@ class LabelStudioImportConfig(_Strict):
     )
 
 
+class LabelStudioConfig(_Strict):
+    """A live Label Studio server the review queue goes to and labels come back from
+    (``slmops review push`` / ``pull``; ``infra/label-studio.sh`` runs one locally)."""
+
+    url: str | None = Field(
+        default=None,
+        description="base URL of the server, e.g. http://127.0.0.1:8080; null: not configured",
+    )
+    token_env: str = Field(
+        default="LABEL_STUDIO_API_KEY",
+        min_length=1,
+        description="environment variable holding the API token (a legacy token, sent as "
+        "`Authorization: Token ...`); the token itself never goes in the params file",
+    )
+    project_title: str | None = Field(
+        default=None,
+        description="title of the Label Studio project (found or created by title); null: "
+        "'<registry.model_name> review'",
+    )
+    pull_on_ingest: bool = Field(
+        default=True,
+        description="the ingest_feedback flow pulls the project's finished annotations first "
+        "(an unreachable server is a warning, the feedback is still ingested)",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="timeout of each HTTP request to the server"
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        description="the prediction service's /hooks/label-studio as Label Studio reaches it "
+        "(e.g. http://127.0.0.1:8000/hooks/label-studio): `review push` registers it in the "
+        "project, so submitted labels start an ingestion; null: no webhook",
+    )
+    webhook_key_env: str = Field(
+        default="SLMOPS_LABEL_STUDIO_HOOK_KEY",
+        min_length=1,
+        description="environment variable holding the service key (role reviewer) Label Studio "
+        "sends with the webhook (`slmops keys add label-studio --role reviewer`)",
+    )
+
+
 class ImportConfig(_Strict):
     """Label import: formats and the voting rule for several annotators."""
 
@@ -571,6 +612,11 @@ class ServeConfig(_Strict):
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="dynamic micro-batching of /predict"
     )
+    hook_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=60.0,
+        description="POST /hooks/label-studio forwards at most one Prefect event per this "
+        "many seconds (later calls meanwhile make one more at the end of the interval)",
+    )
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -603,7 +649,8 @@ class FeedbackConfig(_Strict):
     settle_seconds: Annotated[float, Field(ge=0)] = Field(
         default=0.0,
         description="ingest only feedback older than this; a few seconds on Postgres, where "
-        "ids can commit out of order (SQLite: 0 is safe)",
+        "ids can commit out of order: longer than a feedback transaction stays open between "
+        "its insert and its commit (SQLite: 0 is safe)",
     )
     retrain_after_labels: Annotated[int, Field(ge=1)] = Field(
         default=200, description="retrain once this many feedback labels came in since the last"
@@ -810,6 +857,7 @@ class Params(_Strict):
     labels: LabelsConfig = LabelsConfig()
     validation: ValidationConfig = ValidationConfig()
     label_import: ImportConfig = ImportConfig()
+    label_studio: LabelStudioConfig = LabelStudioConfig()
     split: SplitConfig = SplitConfig()
     dvc: DvcConfig = DvcConfig()
     train: TrainConfig = TrainConfig()

@@ -15,20 +15,48 @@ back exactly as they were.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
-from slmops.tasks.core.config import Params
+from slmops.tasks.core.config import Params, TaskName
 from slmops.tasks.data.dataset import escape_formulas, write_csv_atomic, write_json_atomic
 from slmops.tasks.feedback.store import FeedbackStore, HeldItem, PredictionRecord
 
 ExportFormat = Literal["label-studio", "csv"]
+Control = Literal["choices", "labels"]
 # The choices control of the usual Label Studio text-classification config, used
 # when label_import.label_studio.from_name does not name one.
 DEFAULT_FROM_NAME = "label"
+
+
+def _result(
+    control: Control, label: str, text: str, from_name: str, to_name: str
+) -> list[dict[str, Any]]:
+    """The result of a pre-annotation: one choice, or for ``labels`` (token
+    classification: ``label`` is canonical span JSON ``[[start, end, type], ...]``) one
+    region per span; a label that is not span JSON gives no region."""
+    base = {"from_name": from_name, "to_name": to_name, "type": control}
+    if control == "choices":
+        return [{**base, "value": {"choices": [label]}}]
+    try:
+        spans = json.loads(label)
+    except (TypeError, json.JSONDecodeError):
+        return []
+    regions = []
+    for span in spans if isinstance(spans, list) else []:
+        if not (isinstance(span, list) and len(span) == 3):
+            continue
+        start, end, kind = span
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            continue
+        value = {"start": start, "end": end, "text": text[start:end], "labels": [str(kind)]}
+        regions.append({**base, "value": value})
+    return regions
 
 
 def label_studio_task(
@@ -36,20 +64,38 @@ def label_studio_task(
     proposals: list[tuple[str, float | None, str]],
     text_field: str,
     from_name: str,
+    control: Control = "choices",
 ) -> dict[str, Any]:
     """One Label Studio task: ``data`` with each (source, score, label) proposal as a
-    pre-annotation (a prediction, never an annotation)."""
+    pre-annotation (a prediction, never an annotation) of a ``choices`` control
+    (sequence classification) or a ``labels`` span control (token classification)."""
     predictions = []
+    text = str(data.get(text_field, ""))
     for source, score, label in proposals:
-        choice = {"from_name": from_name, "to_name": text_field, "type": "choices"}
         prediction: dict[str, Any] = {
             "model_version": source,
-            "result": [{**choice, "value": {"choices": [label]}}],
+            "result": _result(control, label, text, from_name, text_field),
         }
         if score is not None:
             prediction["score"] = score
         predictions.append(prediction)
     return {"data": data, "predictions": predictions}
+
+
+def control_of(params: Params) -> Control:
+    """The Label Studio control that labels this project's task: ``labels`` (spans over
+    the text) for token classification, ``choices`` otherwise."""
+    return "labels" if params.task == TaskName.token_classification else "choices"
+
+
+def review_key(data: dict[str, Any], text_field: str) -> str | None:
+    """What identifies a review task across pushes: its prediction id, or for a conflict
+    its text (one task per conflicting text); None for a task this module did not make."""
+    if data.get("prediction_id") not in (None, ""):
+        return f"prediction:{data['prediction_id']}"
+    if data.get("feedback_ids") not in (None, ""):
+        return f"conflict:{str(data.get(text_field, '')).strip()}"
+    return None
 
 
 # What an export holds per item: the Label Studio task's data, its proposals
@@ -104,6 +150,37 @@ def _conflict_items(held: list[HeldItem], params: Params) -> list[Item]:
     return items
 
 
+def review_items(
+    params: Params,
+    store: FeedbackStore,
+    *,
+    limit: int,
+    since: datetime | None = None,
+    conflicts: bool = False,
+    skip: Collection[str] = (),
+) -> list[Item]:
+    """Up to ``limit`` items of the review queue (or of the conflicts queue), leaving out
+    those whose :func:`review_key` is in ``skip`` (already sent)."""
+    text_field = params.label_import.label_studio.text_field
+    if conflicts:
+        items = _conflict_items(store.held("conflict"), params)
+    else:
+        # Ask for more than the limit: the items already sent come first in the queue.
+        queue = store.review_queue(limit + len(skip), since=since)
+        items = _prediction_items(queue, params)
+    kept = [item for item in items if review_key(item[0], text_field) not in skip]
+    return kept[:limit]
+
+
+def review_tasks(params: Params, items: list[Item]) -> list[dict[str, Any]]:
+    """The Label Studio tasks of review items, with the model's (or reviewers') answers
+    as predictions of the control the project's task needs."""
+    ls = params.label_import.label_studio
+    from_name = ls.from_name or DEFAULT_FROM_NAME
+    control = control_of(params)
+    return [label_studio_task(d, p, ls.text_field, from_name, control) for d, p, _ in items]
+
+
 def export_review(
     params: Params,
     out: Path,
@@ -124,18 +201,14 @@ def export_review(
         raise ValueError(f"format {fmt!r}: expected 'label-studio' or 'csv'")
     limit = limit or params.serve.review_limit
     with FeedbackStore.from_params(params) as store:
-        if conflicts:
-            items = _conflict_items(store.held("conflict"), params)[:limit]
-            extra = ("feedback_ids", "proposed", "reason")
-        else:
-            items = _prediction_items(store.review_queue(limit, since=since), params)
-            extra = ("prediction_id", "predicted_label", "confidence", "model_version")
+        items = review_items(params, store, limit=limit, since=since, conflicts=conflicts)
+    if conflicts:
+        extra = ("feedback_ids", "proposed", "reason")
+    else:
+        extra = ("prediction_id", "predicted_label", "confidence", "model_version")
     out = params.path(out)
     if fmt == "label-studio":
-        ls = params.label_import.label_studio
-        from_name = ls.from_name or DEFAULT_FROM_NAME
-        tasks = [label_studio_task(d, p, ls.text_field, from_name) for d, p, _ in items]
-        write_json_atomic(tasks, out)
+        write_json_atomic(review_tasks(params, items), out)
     else:
         csv = params.label_import.csv
         # Named columns: an empty queue still writes the header the import expects.

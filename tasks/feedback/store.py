@@ -289,6 +289,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _is_postgres(bind: Engine | sa.Connection) -> bool:
+    return bind.dialect.name == "postgresql"
+
+
+def _feedback_stamp(engine: Engine) -> Any:
+    """A new feedback row's ``created_at``: on Postgres the database's clock when the
+    INSERT runs (``clock_timestamp()``; ``now()`` would be when its transaction began),
+    the clock :meth:`FeedbackStore.feedback_since` settles against, so that no writer's
+    clock (a service replica's, off by seconds) can make its rows look settled early.
+    SQLite (one machine, writers serialised) keeps the process clock and its microseconds."""
+    return sa.func.clock_timestamp() if _is_postgres(engine) else _now()
+
+
+def _settle_clock(conn: sa.Connection) -> datetime:
+    """Now, by the clock :func:`_feedback_stamp` stamps feedback with."""
+    if _is_postgres(conn):
+        return _utc(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+    return _now()
+
+
 def _is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
@@ -684,7 +704,7 @@ class FeedbackStore:
                         label=label,
                         kind=kind,
                         user_name=user,
-                        created_at=_now(),
+                        created_at=_feedback_stamp(self.engine),
                     )
                 ).inserted_primary_key[0]
                 row = conn.execute(
@@ -731,13 +751,23 @@ class FeedbackStore:
         visible. Setting the watermark to 11 would skip 10 forever, so a
         consumer there passes a few seconds of settling. SQLite serialises
         writers, so ids always commit in order and 0 is safe.
+
+        The guarantee: a row whose transaction commits less than ``settle_seconds``
+        after its INSERT is never passed over. On Postgres both ends read the
+        database's clock (rows are stamped at the INSERT, the cutoff is read before
+        the rows), so clocks of the machines do not enter; the bound is the time
+        between the INSERT and the commit of :meth:`add_feedback`'s short
+        transaction (milliseconds, unless a process or the database stalls).
         """
         query = _items_query().where(feedback_table.c.id > last_id)
         if limit is not None:
             query = query.limit(limit)
-        cutoff = _now() - timedelta(seconds=settle_seconds) if settle_seconds > 0 else None
         items: list[FeedbackItem] = []
         with self.engine.connect() as conn:
+            # Read before the rows: a row they lack was still uncommitted at this time.
+            cutoff = None
+            if settle_seconds > 0:
+                cutoff = _settle_clock(conn) - timedelta(seconds=settle_seconds)
             for row in conn.execute(query):
                 item = _item(row)
                 if cutoff is not None and item.created_at > cutoff:

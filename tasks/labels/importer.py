@@ -76,7 +76,8 @@ class ImportSummary:
         return bool(self.added or self.corrected or self.quarantined or self.new_labels)
 
 
-def _display(path: Path, root: Path) -> str:
+def display_path(path: Path, root: Path) -> str:
+    """``path`` as provenance records it: relative to the project ``root`` when under it."""
     try:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
@@ -155,7 +156,7 @@ def import_labels(
         table,
         params,
         task,
-        source=source or _display(path, params.root),
+        source=source or display_path(path, params.root),
         batch_id=_batch_id(path, now),
         now=now,
         version=version,
@@ -422,7 +423,7 @@ def import_pending(
     for f in files:
         try:
             # Provenance names the file where it will stay, in done/.
-            where = _display(done / f.name, params.root)
+            where = display_path(done / f.name, params.root)
             summaries.append(import_labels(f, params, task, formats, version=version, source=where))
         except DataError as exc:
             errors.append(str(exc))

@@ -17,10 +17,10 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import ValidationError
 
 from slmops.flows.deployments import DEFAULT_POOL, PREFECT_YAML, deploy_all, ensure_pool
-from slmops.flows.events import RETRAIN_DUE
 from slmops.flows.ingest_feedback import _retrain_route
 from slmops.flows.parameters import GateOverrides, Trigger, gate_overrides
 from slmops.flows.retrain import retrain
+from slmops.tasks.core.events import RETRAIN_DUE, REVIEW_ANNOTATED
 from tests.conftest import REPO
 
 NAMES = {"retrain/weekly", "ingest_feedback/hourly", "monitor/scheduled"}
@@ -130,6 +130,26 @@ def test_retrain_on_drift_adds_an_automation_on_the_monitoring_alert(tiny_projec
             deploy_all(REPO, params_path=params_path, pool="slmops-drift", paused=True)
             again = client.read_resource_related_automations(f"prefect.deployment.{weekly.id}")
             assert len(again) == 2
+        finally:
+            remove(client, NAMES)
+
+
+def test_with_label_studio_the_ingestion_runs_on_its_webhook_event(tiny_project):
+    params_path = with_profiles(tiny_project, label_studio={"url": "http://127.0.0.1:8080"})
+    deploy_all(REPO, params_path=params_path, pool="slmops-review", paused=True)
+    with get_client(sync_client=True) as client:
+        try:
+            hourly = client.read_deployment_by_name("ingest_feedback/hourly")
+            (automation,) = client.read_resource_related_automations(
+                f"prefect.deployment.{hourly.id}"
+            )
+            assert automation.enabled and automation.trigger.expect == {REVIEW_ANNOTATED}
+            assert automation.trigger.match.get("prefect.resource.id") == [
+                "slmops.model.slmops-intent"
+            ]
+            # The deployment's own parameters: this project's params file.
+            assert automation.actions[0].parameters == {}
+            assert hourly.parameters["params_path"] == str(params_path)
         finally:
             remove(client, NAMES)
 

@@ -21,6 +21,7 @@ def test_feedback_past_the_threshold_makes_a_version_and_retrains(project):
     result = ingest_feedback_flow(params_path=str(path))
 
     assert (result["read"], result["added"], result["watermark"]) == (3, 3, 3)
+    assert result["label_studio"] is None  # no label_studio.url: no pull step
     assert result["live"] == {"1": {"n": 3, "accuracy": 0.0}}
     assert result["retrain_reason"].startswith("3 new feedback labels")
     assert result["retrain"]["mode"] == "subflow" and result["retrain"]["version"] == "1"
@@ -103,3 +104,32 @@ def test_each_run_deletes_old_predictions_that_never_got_feedback(project):
     with FeedbackStore.from_params(params) as store:
         assert store.get_prediction(old) is None
         assert store.get_prediction(recent) is not None
+
+
+def test_an_unreachable_label_studio_is_a_warning_and_the_feedback_still_comes_in(
+    project, monkeypatch
+):
+    import socket
+
+    import yaml
+
+    from slmops.flows.ingest_feedback import ingest_feedback_flow
+    from slmops.tasks.core.config import load_params
+    from tests.flows.feedback import record_corrections
+
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    path = project / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["feedback"] = {"retrain_after_labels": 1000}
+    raw["label_studio"] = {"url": url, "timeout_seconds": 5}
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "some-token")
+    record_corrections(load_params(path))
+
+    result = ingest_feedback_flow(params_path=str(path))
+
+    error = result["label_studio"]["error"]
+    assert url in error and "unreachable" in error
+    assert (result["read"], result["added"]) == (3, 3)

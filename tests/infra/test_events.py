@@ -56,7 +56,7 @@ def add_feedback(params) -> None:
 def test_make_deploy_registers_schedules_limits_and_automations(stack: Stack):
     from prefect.client.orchestration import get_client
 
-    from slmops.flows.events import RETRAIN_DUE
+    from slmops.tasks.core.events import RETRAIN_DUE
 
     # `make deploy` as a user runs it, for the stack's project and pool (schedules off,
     # as the stack has them); `-o` keeps make from reinstalling the environment.
@@ -116,8 +116,8 @@ def test_two_events_at_once_give_two_queued_runs_never_two_running(stack: Stack)
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
-    from slmops.flows.events import RETRAIN_DUE, model_resource
     from slmops.tasks.core.config import load_params
+    from slmops.tasks.core.events import RETRAIN_DUE, model_resource
 
     params_path = stack.project / "params.yaml"
     params = load_params(params_path)

@@ -16,7 +16,7 @@ import pytest
 
 from slmops.serving.background import free_port
 from tests.conftest import postgres
-from tests.infra.conftest import FOREIGN, services
+from tests.infra.conftest import FOREIGN, environ_of, plain, services
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -36,17 +36,6 @@ def pg_env() -> Iterator[dict[str, str]]:
     finally:
         postgres("stop", "--remove", env=env)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def plain(url: str) -> str:
-    """psycopg's own form of a SQLAlchemy URL."""
-    return url.replace("+psycopg", "").replace("+asyncpg", "")
-
-
-def environ_of(pid_file: Path) -> dict[str, str]:
-    """The environment a service runs with (its PID from ``pid_file``)."""
-    raw = Path(f"/proc/{pid_file.read_text().strip()}/environ").read_bytes().decode()
-    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
 
 def test_the_script_starts_a_cluster_that_answers_and_stops_and_removes_it(pg_env):

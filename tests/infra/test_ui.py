@@ -6,79 +6,22 @@ Playwright; no browser download."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.infra.browser import headless_page
 from tests.infra.conftest import Stack, deployment_runs, wait_for_final_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-CHROMIUM = Path(os.environ.get("SLMOPS_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # root in CI containers
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-UI_TIMEOUT_MS = 60_000
-
-
-def ensure_chromium() -> Path:
-    """/usr/bin/chromium, installed by infra/setup-browser.sh when missing (as root)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        setup = subprocess.run(
-            [str(REPO / "infra" / "setup-browser.sh")],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if setup.returncode != 0 or not os.access(CHROMIUM, os.X_OK):
-            pytest.fail(
-                f"the browser tests need Chromium at {CHROMIUM} and infra/setup-browser.sh "
-                f"could not provide it (exit {setup.returncode}):\n{setup.stdout}{setup.stderr}\n"
-                "Install it (as root: apt-get install -y chromium), or point SLMOPS_CHROMIUM "
-                "at a Chromium binary.",
-                pytrace=False,
-            )
-    return CHROMIUM
 
 
 @pytest.fixture
 def page(tmp_path) -> Iterator:
     """A page of a fresh headless Chromium profile; a screenshot is left in tmp_path."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "the browser tests need Python playwright: pip install -e '.[dev]'", pytrace=False
-        )
-    chromium = ensure_chromium()
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path / "chromium-profile"),
-            executable_path=str(chromium),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000},
-        )
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.pages[0] if context.pages else context.new_page()
-        try:
-            yield page
-        finally:
-            page.screenshot(path=str(tmp_path / "last-page.png"))
-            context.close()
+    with headless_page(tmp_path) as page:
+        yield page
 
 
 def open_run_menu(page, stack: Stack) -> set:

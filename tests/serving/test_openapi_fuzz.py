@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from slmops.serving.app import create_app
 from tests.serving.conftest import LOOPBACK_URL, auth, wait_until_loaded
+from tests.webhook import Webhook
 
 MAX_EXAMPLES = 25
 # Checks left out, and why:
@@ -35,6 +36,7 @@ OPERATIONS = [
     ("GET", "/health"),
     ("GET", "/model"),
     ("GET", "/stats"),
+    ("POST", "/hooks/label-studio"),
 ]
 
 
@@ -45,10 +47,13 @@ def tried() -> Counter:
 
 
 @pytest.fixture
-def client(params):
-    with TestClient(create_app(params)) as c:
-        wait_until_loaded(c)
-        yield c
+def client(params, monkeypatch):
+    # A Prefect API that takes the webhook's events (without one the hook's 503 is right).
+    with Webhook(path="/api") as prefect:
+        monkeypatch.setenv("PREFECT_API_URL", prefect.url)
+        with TestClient(create_app(params)) as c:
+            wait_until_loaded(c)
+            yield c
 
 
 def _send(client: TestClient, case) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -122,3 +123,31 @@ def test_csv_export_escapes_formulas_and_the_import_gives_the_texts_back(tiny_pa
     labeled = pd.read_csv(LabeledPaths(tiny_params).labeled, dtype=str, keep_default_na=False)
     imported = labeled[labeled["source"] == "import"]
     assert sorted(zip(imported["text"], imported["label"], strict=True)) == sorted(RISKY)
+
+
+def test_token_predictions_become_span_regions_of_a_labels_control():
+    from slmops.tasks.feedback.review import control_of, label_studio_task
+
+    assert control_of(parse_params({"task": "token_classification"}, Path("p.yaml"))) == "labels"
+    assert control_of(parse_params({}, Path("p.yaml"))) == "choices"
+    text = "Ann flew to Paris"
+    task = label_studio_task(
+        {"text": text, "prediction_id": "p1"},
+        [("ner/1", 0.7, '[[0,3,"person"],[12,17,"location"]]')],
+        "text",
+        "label",
+        "labels",
+    )
+    (prediction,) = task["predictions"]
+    assert [r["value"] for r in prediction["result"]] == [
+        {"start": 0, "end": 3, "text": "Ann", "labels": ["person"]},
+        {"start": 12, "end": 17, "text": "Paris", "labels": ["location"]},
+    ]
+    assert {(r["type"], r["from_name"], r["to_name"]) for r in prediction["result"]} == {
+        ("labels", "label", "text")
+    }
+    # No entity, or a label that is not span JSON: a prediction with no region.
+    empty = label_studio_task({"text": text}, [("ner/1", None, "[]")], "text", "label", "labels")
+    assert empty["predictions"][0]["result"] == []
+    odd = label_studio_task({"text": text}, [("ner/1", None, "PER")], "text", "label", "labels")
+    assert odd["predictions"][0]["result"] == []
