@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -198,6 +199,11 @@ def test_a_submitted_label_starts_an_ingestion_that_pulls_it(
         "project_title": "stack review (webhook)",
         "webhook_url": f"http://127.0.0.1:{port}/hooks/label-studio",
     }
+    # The ingestion it starts must leave no retrain behind for the stack's other tests
+    # (feedback they left pending would cross the threshold: its retrain would then run
+    # on this params file after the test).
+    raw["feedback"] = {**raw.get("feedback", {}), "retrain_after_labels": 1_000_000}
+    raw["feedback"]["live_accuracy_min_feedback"] = 1_000_000
     review_params = project / "params-review.yaml"
     review_params.write_text(yaml.safe_dump(raw))
     params = load_params(review_params)
@@ -216,6 +222,7 @@ def test_a_submitted_label_starts_an_ingestion_that_pulls_it(
     deploy_all(REPO, params_path=review_params, pool=POOL, paused=True)
     try:
         before = {r.id for r in deployment_runs("ingest_feedback/hourly")}
+        retrains = {r.id for r in deployment_runs("retrain/weekly")}
         with serve_in_thread(params, port, need_model=False):
             code, out = cli(monkeypatch, capsys, "review", "push", "--params", str(review_params))
             assert code == 0 and "webhook created" in out, out
@@ -238,6 +245,8 @@ def test_a_submitted_label_starts_an_ingestion_that_pulls_it(
                 assert made.status_code == 201, made.text
             (ingest,) = wait_for_new_runs("ingest_feedback/hourly", before)
         wait_for_final_state(stack, ingest.id)
+        time.sleep(5)  # an automation would have created a run by now
+        assert {r.id for r in deployment_runs("retrain/weekly")} == retrains  # none left
     finally:
         deploy_all(REPO, params_path=project / "params.yaml", pool=POOL, paused=True)
         review_params.unlink()
@@ -247,8 +256,10 @@ def test_a_submitted_label_starts_an_ingestion_that_pulls_it(
     assert row["label"] == label
     host = label_studio.url.removeprefix("http://")
     assert row["batch_id"].startswith(f"label-studio:{host}/projects/{pid}@")
-    message = run(["git", "log", "-1", "--format=%s", "--", "data/labeled.dvc"], project).stdout
-    assert "annotators: hook-annotator@example.com" in message, message
+    # The pull's commit (the ingestion may have committed feedback after it).
+    log = run(["git", "log", "-3", "--format=%s", "--", "data/labeled.dvc"], project).stdout
+    assert f"labels: Label Studio {host}/projects/{pid}: 1 added" in log, log
+    assert "annotators: hook-annotator@example.com" in log, log
 
 
 def choice(label: str) -> dict:
