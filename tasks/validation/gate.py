@@ -124,19 +124,12 @@ def _context(docs_dir: Path | None):
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     )
+    # GX's own import, deferred with it: data_docs imports GX at module level.
+    from slmops.tasks.validation.data_docs import site_config
+
     ctx = gx.get_context(mode="ephemeral", project_config=config)
     if docs_dir is not None:
-        ctx.add_data_docs_site(
-            site_name="slmops",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
+        ctx.add_data_docs_site(site_name="slmops", site_config=site_config(str(docs_dir)))
     return ctx
 
 
@@ -191,9 +184,10 @@ def _run_checkpoint(frame: pd.DataFrame, expectations: list, docs_dir: Path | No
         .add_dataframe_asset(name)
         .add_batch_definition_whole_dataframe(name)
     )
-    suite = ctx.suites.add(gx.ExpectationSuite(name="labeled_data"))
-    for _, exp in expectations:
-        suite.add_expectation(exp)
+    # The expectations go in with the suite: added one by one, each was a store update.
+    suite = ctx.suites.add(
+        gx.ExpectationSuite(name="labeled_data", expectations=[e for _, e in expectations])
+    )
     vd = ctx.validation_definitions.add(
         gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
     )
