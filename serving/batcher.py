@@ -20,9 +20,12 @@ How a batch is formed:
   come back). An idle service answers a lone request without waiting, so
   batching costs nothing at concurrency 1.
 - Two stages, each on its own single thread: ``compute`` (the model) and
-  ``finish`` (logging the batch's predictions in one transaction). Batch N is
-  logged while batch N+1 computes; at most ``FINISHING_BATCHES`` wait in
-  ``finish`` so a slow store slows the model down instead of piling up memory.
+  ``finish`` (handing the batch's predictions to the feedback store's writer, or
+  committing them). Batch N is logged while batch N+1 computes; at most
+  ``FINISHING_BATCHES`` wait in ``finish`` so a slow store slows the model down
+  instead of piling up memory. A ``finish_now`` that never blocks (queueing the
+  predictions for the background writer) is tried first on the event loop, saving
+  the thread hop; it answers None when it would have to wait, and ``finish`` runs.
 
 Failures: a full queue raises :class:`QueueFull` at once (the service answers
 503 with ``Retry-After``), never a wait. An exception in ``compute`` or
@@ -103,6 +106,8 @@ class MicroBatcher(Generic[C, R]):
     lists) and returns one item per job, in order; it runs on the model
     thread. ``finish(items)`` gets those items and returns the caller's result
     per job; it runs on a second thread, overlapping the next ``compute``.
+    ``finish_now(items)``, if given, is tried first on the event loop: the same
+    results, or None when it would block (then ``finish`` runs on its thread).
     Without ``finish`` the caller gets ``compute``'s items.
 
     ``start()`` and every other method must run on the same event loop.
@@ -113,6 +118,7 @@ class MicroBatcher(Generic[C, R]):
         compute: Callable[[list[Sequence[str]]], list[C]],
         finish: Callable[[list[C]], list[R]] | None = None,
         *,
+        finish_now: Callable[[list[C]], list[R] | None] | None = None,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         queue_size: int = 256,
@@ -122,6 +128,7 @@ class MicroBatcher(Generic[C, R]):
             raise ValueError("max_batch and queue_size must be >= 1, max_wait_ms >= 0")
         self.compute = compute
         self.finish = finish
+        self.finish_now = finish_now
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.queue_size = queue_size
@@ -300,9 +307,25 @@ class MicroBatcher(Generic[C, R]):
                 self._finish_slots.release()
                 self._deliver(batch, items)
                 continue
+            if self.finish_now is not None and self._finish_here(batch, items):
+                continue
             task = loop.create_task(self._finish_batch(batch, items))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+
+    def _finish_here(self, batch: list[_Job[R]], items: list[C]) -> bool:
+        """``finish_now`` on the loop; False when it would block (``finish`` must run)."""
+        assert self._finish_slots is not None and self.finish_now is not None
+        try:
+            results = self.finish_now(items)
+        except Exception as exc:
+            self._fail(batch, exc)
+        else:
+            if results is None:
+                return False
+            self._settle(batch, results)
+        self._finish_slots.release()
+        return True
 
     async def _finish_batch(self, batch: list[_Job[R]], items: list[C]) -> None:
         assert self._finish_slots is not None and self.finish is not None
@@ -310,16 +333,20 @@ class MicroBatcher(Generic[C, R]):
             results = await asyncio.get_running_loop().run_in_executor(
                 self._finish_thread, self.finish, items
             )
-            if len(results) != len(batch):
-                raise RuntimeError(
-                    f"finish returned {len(results)} results for {len(batch)} requests"
-                )
         except Exception as exc:
             self._fail(batch, exc)
         else:
-            self._deliver(batch, results)
+            self._settle(batch, results)
         finally:
             self._finish_slots.release()
+
+    def _settle(self, batch: list[_Job[R]], results: list[R]) -> None:
+        """Deliver a finished batch's results, or fail it when they do not match it."""
+        if len(results) != len(batch):
+            mismatch = f"finish returned {len(results)} results for {len(batch)} requests"
+            self._fail(batch, RuntimeError(mismatch))
+        else:
+            self._deliver(batch, results)
 
     def _count(self, batch: list[_Job[R]]) -> None:
         texts = sum(len(j.texts) for j in batch)

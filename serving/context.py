@@ -26,6 +26,7 @@ from slmops.serving.predictions import Predictions, ScoredRequest
 from slmops.serving.schemas import PredictResponse
 from slmops.tasks.core.config import Params, ServeConfig
 from slmops.tasks.feedback.keys import KeyStore
+from slmops.tasks.feedback.prediction_log import PredictionLog
 from slmops.tasks.feedback.store import FeedbackStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class Service:
     authenticator: Authenticator
     # Prefect events from webhooks (POST /hooks/label-studio), throttled.
     events: EventForwarder
+    # The writer committing predictions after their answers (serve.prediction_log);
+    # None with background off: each request commits its own.
+    prediction_log: PredictionLog | None = None
 
     @property
     def serve(self) -> ServeConfig:
@@ -66,8 +70,9 @@ class Service:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The app's lifespan: poll the champion alias and run the batcher until
-        shutdown, then close the store."""
+        """The app's lifespan: poll the champion alias and run the batcher and the
+        prediction writer until shutdown; then stop taking predictions, commit every
+        one queued, and close the store."""
         if not self.authenticator.configured_now():
             log.warning(
                 "no API key configured (slmops keys add, or %s / serve.token_file): /feedback, "
@@ -76,6 +81,8 @@ class Service:
             )
         poller = Poller(self.holder, self.serve.poll_seconds)
         poller.start()
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         if self.batcher is not None:
             self.batcher.start()
         try:
@@ -85,6 +92,10 @@ class Service:
                 await self.batcher.stop()
             await poller.stop()
             await self.events.close()
+            if self.prediction_log is not None:
+                # After the batcher: every answered batch has queued its rows by now. The
+                # writer logs what it could not write (the database down for too long).
+                await anyio.to_thread.run_sync(self.prediction_log.close)
             self.store.close()
 
 
@@ -95,8 +106,26 @@ def build_service(params: Params, model_loader: ModelSource | None = None) -> Se
     store = FeedbackStore.from_params(params)
     metrics = ServiceMetrics()
     holder.on_load = lambda m: metrics.set_model(m.name, m.version, m.format)
+    writing = serve.prediction_log
+    prediction_log = (
+        PredictionLog(
+            store,
+            group_ms=writing.group_ms,
+            group_rows=writing.group_rows,
+            queue_rows=writing.queue_rows,
+        )
+        if writing.background
+        else None
+    )
+    if prediction_log is not None:
+        metrics.watch_prediction_log(prediction_log.stats)
     predictions = Predictions(
-        holder, store, metrics, chunk=serve.batching.chunk_size, top_k=serve.top_k
+        holder,
+        store,
+        metrics,
+        chunk=serve.batching.chunk_size,
+        top_k=serve.top_k,
+        log=prediction_log,
     )
     batcher = predictions.batcher(serve.batching) if serve.batching.enabled else None
     # The keys share the store's engine (and connection pool), closed with it, and its
@@ -112,6 +141,7 @@ def build_service(params: Params, model_loader: ModelSource | None = None) -> Se
         anyio.CapacityLimiter(1),
         authenticator,
         EventForwarder.from_environment(serve.hook_interval_seconds),
+        prediction_log,
     )
 
 

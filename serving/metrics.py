@@ -12,7 +12,12 @@ What is exported (names as Prometheus sees them):
 - ``slmops_prediction_confidence``: a histogram of the confidence (score) of
   those predictions;
 - ``slmops_model_info{name,version,format}``: 1 for the model version being
-  served (the series changes when the champion alias moves and the service swaps).
+  served (the series changes when the champion alias moves and the service swaps);
+- ``slmops_prediction_log_backlog``: predictions answered and not yet committed to
+  the feedback store, ``slmops_prediction_log_rows_total``,
+  ``slmops_prediction_log_commits_total``, ``slmops_prediction_log_failed_commits_total``
+  (retried) and ``slmops_prediction_log_rejected_rows_total``: the background writer
+  (``serve.prediction_log``), read at each scrape.
 
 The request series are recorded by :class:`slmops.serving.middleware.RecordRequests`,
 the prediction series by :mod:`slmops.serving.predictions`.
@@ -26,10 +31,13 @@ collectors are not added either (one scrape target per service, no surprises).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from slmops.tasks.feedback.prediction_log import LogStats
 
 NAMESPACE = "slmops"
 
@@ -59,6 +67,38 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 # label value, hence a new time series each, without bound.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "OTHER"
+
+
+class _PredictionLogCollector:
+    """The background writer's counters, read from it at each scrape (it keeps them)."""
+
+    def __init__(self, stats: Callable[[], LogStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats()
+        name = f"{NAMESPACE}_prediction_log"
+        yield GaugeMetricFamily(
+            f"{name}_backlog",
+            "Predictions answered and not yet committed to the feedback store.",
+            value=s.backlog,
+        )
+        yield CounterMetricFamily(
+            f"{name}_rows", "Predictions committed by the background writer.", s.committed_rows
+        )
+        yield CounterMetricFamily(
+            f"{name}_commits", "Transactions committed by the background writer.", s.commits
+        )
+        yield CounterMetricFamily(
+            f"{name}_failed_commits",
+            "Commits of predictions that failed (each retried, its rows kept).",
+            s.failed_commits,
+        )
+        yield CounterMetricFamily(
+            f"{name}_rejected_rows",
+            "Predictions the database refused for themselves (logged with their ids).",
+            s.rejected_rows,
+        )
 
 
 class ServiceMetrics:
@@ -136,6 +176,10 @@ class ServiceMetrics:
         with self._model_lock:  # a swap clears and sets: two swaps must not interleave
             self.model.clear()
             self.model.labels(str(name), str(version), str(fmt)).set(1)
+
+    def watch_prediction_log(self, stats: Callable[[], LogStats]) -> None:
+        """Export the background writer's backlog and counters, read from ``stats``."""
+        self.registry.register(_PredictionLogCollector(stats))
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""

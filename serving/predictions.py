@@ -3,7 +3,10 @@
 Both stages take a list of requests (each a list of texts), so that one
 ``/predict`` and a micro-batch of them (``serve.batching``,
 :mod:`slmops.serving.batcher`) run the same code: concurrent requests share
-one model call and one feedback-store transaction. A batch reads the served
+one model call. Logging queues the predictions for the background writer
+(``serve.prediction_log``, :mod:`slmops.tasks.feedback.prediction_log`), which
+commits them after the answer is sent; with ``background: false`` a batch
+commits its predictions in one transaction before answering. A batch reads the served
 model once, so it runs entirely on one version, and every prediction reports
 the version that computed it.
 """
@@ -20,13 +23,15 @@ from slmops.serving.metrics import ServiceMetrics
 from slmops.serving.schemas import Entity, LabelScore, Prediction, PredictResponse
 from slmops.tasks.core.config import BatchingConfig
 from slmops.tasks.core.task_type import Scored, TaskType
+from slmops.tasks.feedback.prediction_log import LogClosed, LogFull, PredictionLog
 from slmops.tasks.feedback.store import FeedbackStore, NewPrediction
 
 log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(RuntimeError):
-    """The feedback store refused a batch of predictions (answered 503)."""
+    """The feedback store refused a batch of predictions, or the background writer's
+    backlog stayed full (answered 503)."""
 
 
 class Asked(tuple[str, ...]):
@@ -81,12 +86,15 @@ class Predictions:
         *,
         chunk: int,
         top_k: int,
+        log: PredictionLog | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
         self.metrics = metrics
         self.chunk = chunk
         self.top_k = top_k
+        # The background writer (serve.prediction_log.background); None: commit here.
+        self.log = log
 
     def compute(self, requests: Sequence[Sequence[str]]) -> list[ScoredRequest]:
         """The model's part, for one request or a batch of them (runs in a thread).
@@ -124,14 +132,37 @@ class Predictions:
         return out
 
     def finish(self, scored: list[ScoredRequest]) -> list[PredictResponse]:
-        """Log every prediction of the batch in one transaction; the answers per request."""
+        """Log every prediction of the batch (queued for the background writer, else in
+        one transaction); the answers per request. May block: runs on a thread."""
         rows = [row for s in scored for row in s.rows]
         try:
-            ids = self.store.log_predictions(rows)
+            # Not started (an app used without its lifespan): commit here instead.
+            if self.log is not None and self.log.running:
+                ids = self.log.submit(rows)
+            else:
+                ids = self.store.log_predictions(rows)
+        except (LogFull, LogClosed) as exc:
+            raise StoreUnavailable(str(exc)) from exc
         except Exception as exc:
             # An answer whose id was not stored could never receive feedback.
             log.exception("feedback store write failed")
             raise StoreUnavailable(f"feedback store unavailable: {type(exc).__name__}") from exc
+        assert ids is not None  # a waiting submit always queues or raises
+        return self._responses(scored, ids)
+
+    def finish_now(self, scored: list[ScoredRequest]) -> list[PredictResponse] | None:
+        """:meth:`finish` without blocking, for the event loop: None when it would block
+        (no background writer, or its backlog full), so that :meth:`finish` runs instead."""
+        if self.log is None or not self.log.running:
+            return None
+        try:
+            ids = self.log.submit([row for s in scored for row in s.rows], wait=False)
+        except LogClosed:
+            return None  # closing meanwhile: finish commits them itself
+        return None if ids is None else self._responses(scored, ids)
+
+    def _responses(self, scored: list[ScoredRequest], ids: list[str]) -> list[PredictResponse]:
+        """The answers per request, the predictions counted in the metrics."""
         responses, start = [], 0
         for s in scored:
             self.metrics.observe_predictions(
@@ -152,6 +183,7 @@ class Predictions:
         return MicroBatcher(
             self.compute,
             self.finish,
+            finish_now=self.finish_now,
             max_batch=batching.max_batch,
             max_wait_ms=batching.max_wait_ms,
             queue_size=batching.queue_size,

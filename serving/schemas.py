@@ -210,6 +210,12 @@ class HealthResponse(BaseModel):
         description="Why the served format is not `serve.format` (a version without it is "
         "served in torch fp32); null when it is.",
     )
+    prediction_backlog: int | None = Field(
+        default=None,
+        description="Predictions answered and not yet committed to the feedback store (the "
+        "background writer; growing: the database is down or behind); null when each request "
+        "commits its own.",
+    )
 
 
 class ModelResponse(BaseModel):

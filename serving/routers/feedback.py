@@ -25,12 +25,15 @@ from slmops.serving.schemas import (
 from slmops.tasks.feedback.keys import Role
 from slmops.tasks.feedback.store import (
     InvalidLabel,
+    PredictionPending,
     PredictionRecord,
     UnknownLabel,
     UnknownPrediction,
 )
 
 MAX_REVIEW_ROWS = 1000
+# Retry-After (seconds) on a 503 for predictions the database has not taken yet.
+PENDING_RETRY_AFTER = "5"
 # The body fields a reviewer's answer can come in (FeedbackRequest's): one per task type.
 ANSWER_FIELDS = ("label", "entities")
 
@@ -74,6 +77,9 @@ def feedback(
         )
     except UnknownPrediction as exc:
         raise HTTPException(404, str(exc)) from None
+    except PredictionPending as exc:
+        # A valid id whose row the database has not taken yet: later, it will.
+        raise HTTPException(503, str(exc), headers={"Retry-After": PENDING_RETRY_AFTER}) from None
     except (UnknownLabel, InvalidLabel) as exc:
         return JSONResponse({"detail": str(exc), "valid_labels": exc.known_labels}, status_code=422)
     if not created:
@@ -115,7 +121,11 @@ def review(
 ) -> ReviewResponse:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)  # a time without zone is read as UTC
-    rows = service.store.review_queue(limit or service.serve.review_limit, since=since)
+    try:
+        # Waits for the predictions answered before this request (the background writer).
+        rows = service.store.review_queue(limit or service.serve.review_limit, since=since)
+    except PredictionPending as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": PENDING_RETRY_AFTER}) from None
     return ReviewResponse(items=[_review_item(p) for p in rows])
 
 

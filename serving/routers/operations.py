@@ -38,6 +38,9 @@ async def health(service: ServiceDep) -> Any:
         last_error=holder.last_error,
         model_format=loaded.format if loaded else None,
         format_warning=loaded.format_warning if loaded else None,
+        prediction_backlog=(
+            service.prediction_log.stats().backlog if service.prediction_log is not None else None
+        ),
     )
     # 503 without a model, so a load balancer sends no traffic here yet.
     code = 200 if loaded is not None else 503

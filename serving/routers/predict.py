@@ -61,7 +61,11 @@ async def _answer(service: Service, texts: Asked, request: Request) -> PredictRe
     scored = await anyio.to_thread.run_sync(
         predictions.compute, [texts], limiter=service.inference_limiter
     )
-    return (await anyio.to_thread.run_sync(predictions.finish, scored))[0]
+    # Queued for the background writer here, without a thread hop, unless that would block.
+    answered = predictions.finish_now(scored)
+    if answered is None:
+        answered = await anyio.to_thread.run_sync(predictions.finish, scored)
+    return answered[0]
 
 
 async def predict(

@@ -471,6 +471,31 @@ class BatchingConfig(_Strict):
     )
 
 
+class PredictionLogConfig(_Strict):
+    """How ``/predict`` logs its predictions to the feedback store
+    (``tasks/feedback/prediction_log.py``)."""
+
+    background: bool = Field(
+        default=True,
+        description="a writer thread commits predictions in groups after the answer is sent "
+        "(an id handed out is still always accepted by /feedback); false: each request "
+        "commits its predictions before it is answered",
+    )
+    group_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=2.0,
+        description="the writer waits this long for more predictions before a commit; what "
+        "a SIGKILL can lose is about this window plus one commit",
+    )
+    group_rows: Annotated[int, Field(ge=1)] = Field(
+        default=512, description="predictions per commit at most"
+    )
+    queue_rows: Annotated[int, Field(ge=1)] = Field(
+        default=10_000,
+        description="predictions answered but not committed at most (the database down or "
+        "behind); beyond, requests wait for room, then 503",
+    )
+
+
 class ServeFormat(StrEnum):
     """The format a model version is served in (``serve.format``).
 
@@ -611,6 +636,10 @@ class ServeConfig(_Strict):
     )
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="dynamic micro-batching of /predict"
+    )
+    prediction_log: PredictionLogConfig = Field(
+        default_factory=PredictionLogConfig,
+        description="logging predictions to the feedback store off the request path",
     )
     hook_interval_seconds: Annotated[float, Field(ge=0)] = Field(
         default=60.0,

@@ -30,7 +30,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -167,6 +167,22 @@ class UnknownPrediction(FeedbackError):
         )
 
 
+class PredictionPending(RuntimeError):
+    """A prediction is still queued for the database and did not reach it in time (the
+    database is down or far behind): answered 503, the id is valid, retry later."""
+
+
+class PendingPredictions(Protocol):
+    """Predictions answered but not yet committed (the service's background writer,
+    :class:`slmops.tasks.feedback.prediction_log.PredictionLog`): what the store waits
+    for before a read, so that an id the service handed out is always found."""
+
+    def settle(self, prediction_id: str | None = None) -> None:
+        """Return once ``prediction_id`` (None: every prediction queued so far) is
+        committed; at once when it is not queued. :class:`PredictionPending` when that
+        takes too long."""
+
+
 class UnknownLabel(FeedbackError):
     """Feedback gives a label outside the model's label set."""
 
@@ -191,7 +207,7 @@ class InvalidLabel(FeedbackError):
 
 @dataclass(frozen=True)
 class NewPrediction:
-    """A prediction to record (the store gives it its id and time)."""
+    """A prediction to record (:func:`prediction_values` gives it its id and time)."""
 
     text: str
     label: str
@@ -435,6 +451,26 @@ def _item(row: sa.Row) -> FeedbackItem:
     )
 
 
+def prediction_values(rows: Sequence[NewPrediction]) -> list[dict[str, Any]]:
+    """The ``predictions`` rows for ``rows``: ids (uuid4 hex) and time given here, in
+    the application, so an id can be handed out before its row is committed."""
+    now = _now()
+    return [
+        {
+            "id": uuid.uuid4().hex,
+            "text": r.text,
+            "label": r.label,
+            "confidence": float(r.confidence),
+            "top_k": r.top_k,
+            "model_name": r.model_name,
+            "model_version": str(r.model_version),
+            "created_at": now,
+            "principal": r.principal,
+        }
+        for r in rows
+    ]
+
+
 def _existing(conn: sa.Connection, column: sa.Column, ids: Sequence[int]) -> set[int]:
     """Which of ``ids`` are already in ``column``."""
     found: set[int] = set()
@@ -555,6 +591,9 @@ class FeedbackStore:
         (a new database is created so), else raise :class:`migrations.SchemaBehind`
         unless it is there already."""
         self.engine = engine
+        # Predictions handed out but not committed yet (the service's background writer):
+        # reads of predictions wait for them, so this process reads its own writes.
+        self.pending: PendingPredictions | None = None
         if auto_migrate:
             upgrade_schema(engine)
         else:
@@ -584,28 +623,49 @@ class FeedbackStore:
         """Record predictions in one transaction; return their ids in input order."""
         if not rows:
             return []
-        now = _now()
-        values = [
-            {
-                "id": uuid.uuid4().hex,
-                "text": r.text,
-                "label": r.label,
-                "confidence": float(r.confidence),
-                "top_k": r.top_k,
-                "model_name": r.model_name,
-                "model_version": str(r.model_version),
-                "created_at": now,
-                "principal": r.principal,
-            }
-            for r in rows
-        ]
-        with self.engine.begin() as conn:
-            # A list of parameter sets is one executemany: one round trip per batch.
-            conn.execute(predictions_table.insert(), values)
+        values = prediction_values(rows)
+        self.insert_predictions(values)
         return [v["id"] for v in values]
 
+    def insert_predictions(self, values: Sequence[dict[str, Any]]) -> None:
+        """Commit rows of :func:`prediction_values` in one transaction.
+
+        Safe to retry: when a commit failed after all (a connection lost after the
+        server committed), rows already there are skipped instead of raising.
+        """
+        if not values:
+            return
+        try:
+            with self.engine.begin() as conn:
+                # A list of parameter sets is one executemany: one round trip per batch.
+                conn.execute(predictions_table.insert(), values)
+        except IntegrityError:
+            ids = [v["id"] for v in values]
+            with self.engine.begin() as conn:
+                have: set[str] = set()
+                for start in range(0, len(ids), ID_CHUNK):
+                    query = sa.select(predictions_table.c.id).where(
+                        predictions_table.c.id.in_(ids[start : start + ID_CHUNK])
+                    )
+                    have.update(conn.execute(query).scalars())
+                missing = [v for v in values if v["id"] not in have]
+                if len(missing) == len(values):
+                    raise  # not a retry: a real constraint failure
+                if missing:
+                    conn.execute(predictions_table.insert(), missing)
+
+    def _settle(self, prediction_id: str | None = None) -> None:
+        # Wait for this process's queued predictions (see PendingPredictions).
+        if self.pending is not None:
+            self.pending.settle(prediction_id)
+
     def get_prediction(self, prediction_id: str) -> PredictionRecord | None:
-        """The prediction with this id, or None."""
+        """The prediction with this id, or None.
+
+        One still queued by this process's writer is waited for
+        (:class:`PredictionPending` when that takes too long).
+        """
+        self._settle(prediction_id)
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(predictions_table).where(predictions_table.c.id == prediction_id)
@@ -730,6 +790,7 @@ class FeedbackStore:
         keeps only predictions made at or after that time; among equal
         confidences the most recent comes first.
         """
+        self._settle()
         has_feedback = sa.exists().where(feedback_table.c.prediction_id == predictions_table.c.id)
         query = sa.select(predictions_table).where(~has_feedback)
         if since is not None:
@@ -957,6 +1018,7 @@ class FeedbackStore:
 
     def counts(self) -> dict[str, int]:
         """Row counts of predictions and feedback (for status pages and tests)."""
+        self._settle()
         with self.engine.connect() as conn:
             return {
                 "predictions": conn.execute(

@@ -108,7 +108,11 @@ def test_a_text_with_crlf_and_control_characters_is_answered(client) -> None:
 
 @pytest.fixture
 def prediction_id(client) -> str:
-    return client.post("/predict", json={"text": TEXT}).json()["predictions"][0]["prediction_id"]
+    pid = client.post("/predict", json={"text": TEXT}).json()["predictions"][0]["prediction_id"]
+    # Committed before the test snapshots the file (the service's writer commits after
+    # answering; reads through the store wait for it).
+    assert client.app.state.service.store.get_prediction(pid) is not None
+    return pid
 
 
 FEEDBACK: list[tuple[str, object, int, tuple[str, ...]]] = [

@@ -204,6 +204,38 @@ def test_finish_runs_on_its_own_thread_and_its_failure_fails_its_batch():
     assert threads["finish"].startswith("slmops-batch-finish")
 
 
+def test_finish_now_runs_on_the_loop_and_finish_takes_over_when_it_would_block():
+    threads: dict[str, list[str]] = {"now": [], "finish": []}
+
+    def finish_now(items):
+        threads["now"].append(threading.current_thread().name)
+        if 7 in items:
+            raise ValueError("bad batch")
+        return None if 3 in items else [f"{n} now" for n in items]  # 3: "would block"
+
+    def finish(items):
+        threads["finish"].append(threading.current_thread().name)
+        return [f"{n} later" for n in items]
+
+    async def main() -> None:
+        b = MicroBatcher(
+            lambda jobs: [len(j) for j in jobs], finish, finish_now=finish_now, max_wait_ms=0
+        )
+        b.start()
+        assert await b.submit(["a"]) == "1 now"
+        assert await b.submit(["a", "b", "c"]) == "3 later"
+        with pytest.raises(ValueError, match="bad batch"):
+            await b.submit(["x"] * 7)
+        assert await b.submit(["a", "b"]) == "2 now"  # the slot was given back each time
+        assert b.stats.failed_batches == 1
+        await b.stop()
+        return threading.current_thread().name
+
+    loop_thread = run(main())
+    assert set(threads["now"]) == {loop_thread}
+    assert len(threads["finish"]) == 1 and threads["finish"][0].startswith("slmops-batch-finish")
+
+
 def test_a_cancelled_caller_is_skipped_and_stop_fails_what_is_left():
     gate = Gate()
 
