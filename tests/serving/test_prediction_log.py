@@ -82,7 +82,6 @@ def test_every_id_handed_out_is_accepted_by_feedback_at_once(make_params, batchi
         stats = client.app.state.service.prediction_log.stats()
     assert statuses == [201] * 72
     assert stats.committed_rows == 72 and stats.failed_commits == 0
-    assert stats.commits < 72  # predictions shared commits
 
 
 def test_review_sees_every_prediction_answered_before_it(params):
