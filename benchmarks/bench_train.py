@@ -62,6 +62,8 @@ QUICK_VAL_PER_CLASS = 3
 QUICK_TEST_PER_CLASS = 10
 QUICK_ROUNDS = 1  # quick mode checks that it runs; the full run is the measurement
 FULL_ROUNDS = 1
+#: real tokens/s of ours as a share of the fp32 matmul ceiling (issue 22: from 59%)
+CEILING_GOAL = 0.70
 
 
 # --------------------------------------------------------------------------- data
@@ -514,6 +516,19 @@ def run(quick: bool) -> dict[str, Any]:
             _accuracy_note(acc_gap, quick),
         ),
         target(
+            "real tokens/s against the fp32 matmul ceiling (CPU)",
+            ">= 70% of the ceiling",
+            None
+            if cuda or not ours["fraction_of_limit"]
+            else f"{ours['fraction_of_limit']:.1%} ours, "
+            f"{by['trainer_group_by_length']['fraction_of_limit']:.1%} Trainer group_by_length, "
+            f"{by['trainer_default']['fraction_of_limit']:.1%} Trainer default",
+            None
+            if cuda or not ours["fraction_of_limit"]
+            else ours["fraction_of_limit"] >= CEILING_GOAL,
+            _ceiling_note(ours["fraction_of_limit"], cuda, quick),
+        ),
+        target(
             "GPU path (bf16): the same benchmark, model FLOPs utilisation",
             "measured when a GPU is available",
             f"{ours['fraction_of_limit']:.1%} of bf16 matmul" if cuda else None,
@@ -584,10 +599,28 @@ def _throughput_note(value: float | None, goal: float, by: dict, other: str) -> 
     eff = by[other]["padding_efficiency"]
     return (
         f"both sides pad about as little (padding efficiency {eff:.0%} there vs "
-        f"{by['ours']['padding_efficiency']:.0%} ours): what is left is per-step overhead"
+        f"{by['ours']['padding_efficiency']:.0%} ours) and, timed interleaved on the same "
+        "batches, take the same time per step (forward and backward are 95% of it): "
+        "fp32 leaves no overhead worth 10% to remove; a one-round gap is within this run's "
+        "noise (see its load average)"
         if eff > 0.9
         else "see the sides table"
     )
+
+
+def _ceiling_note(fraction: float | None, cuda: bool, quick: bool) -> str:
+    """Why the fp32-ceiling target reads as it does (empty when met on a full CPU run)."""
+    if cuda:
+        return "a GPU run: its ceiling is bf16 (the GPU target below)"
+    note = ""
+    if fraction is not None and fraction < CEILING_GOAL:
+        note = (
+            "what the model does besides matmuls in eager fp32 (dropout, GELU, LayerNorm, "
+            "attention softmax, the dense embedding gradient that AdamW updates in full)"
+        )
+    if quick:
+        note += ("; " if note else "") + "quick mode: one epoch of a subset, 1024² ceiling"
+    return note
 
 
 def _accuracy_note(gap: float, quick: bool) -> str:

@@ -857,6 +857,12 @@ def _step(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimizer step on the examples at ``idx``: their loss, target count and the
     learning rate the step used."""
+    # Measured on a CPU (MiniLM-L6, batch 32, fp32, one thread, issue 22): forward and backward are
+    # 95% of a step, clipping 2%, fused AdamW 3%, padding the batch and the bookkeeping
+    # under 0.2%; the step takes as long as Trainer's on the same batches. Tried and
+    # left out, no gain: torch.compile (about 6% slower per step after a minute of
+    # compiling), eager attention instead of SDPA (which already drops the mask of a
+    # batch without padding), clipping folded into the fused AdamW kernel (0.6%).
     device = run.device
     batch = {
         k: v.to(device, non_blocking=True) for k, v in pad_batch(enc.train, idx, enc.pad_id).items()

@@ -6,7 +6,9 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_train import (
+    CEILING_GOAL,
     SIDES,
+    _ceiling_note,
     _CountingCollator,
     _Encoded,
     model_flops_per_token,
@@ -53,3 +55,11 @@ def test_counting_collator_counts_real_and_padded_tokens() -> None:
     collator([data[0], data[1]])
     collator([data[2]])
     assert (collator.tokens, collator.padded) == (6, 8)
+
+
+def test_ceiling_note_explains_a_miss_and_is_empty_when_met() -> None:
+    assert CEILING_GOAL == 0.70
+    assert _ceiling_note(0.75, cuda=False, quick=False) == ""
+    assert "besides matmuls" in _ceiling_note(0.59, cuda=False, quick=False)
+    assert "quick mode" in _ceiling_note(0.75, cuda=False, quick=True)
+    assert "bf16" in _ceiling_note(None, cuda=True, quick=False)
