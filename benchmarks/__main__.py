@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -21,8 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import BENCH_DIR, OFFLINE_ENV, REPO, load_average, now_iso, write_result
-from benchmarks.report import build
+from benchmarks.common import (
+    BENCH_DIR,
+    OFFLINE_ENV,
+    REPO,
+    load_average,
+    now_iso,
+    results_dir,
+    write_result,
+)
+from benchmarks.report import build, status
 
 COMMAND_ENV = "SLMOPS_BENCH_COMMAND"
 
@@ -108,6 +117,20 @@ def _result_mtime(name: str, quick: bool) -> float | None:
     return path.stat().st_mtime if path.exists() else None
 
 
+def target_lines(name: str, quick: bool) -> list[str]:
+    """One line per target of a benchmark's result file: what, target, measured, status."""
+    path = results_dir(quick) / f"{name}.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for t in record.get("targets") or []:
+        state = status(t).replace("**", "")  # Markdown bold of "NOT met"
+        lines.append(f"{t.get('what')}: {t.get('measured')} (target {t.get('target')}): {state}")
+    return lines
+
+
 def run_all(benches: Sequence[Bench], quick: bool, command: str) -> list[tuple[Bench, int, float]]:
     """Run each benchmark in a child process; returns (bench, exit status, seconds)."""
     env = {**os.environ, **OFFLINE_ENV, COMMAND_ENV: command}
@@ -127,8 +150,10 @@ def run_all(benches: Sequence[Bench], quick: bool, command: str) -> list[tuple[B
                 quick=quick,
                 command=command,
             )
-        status = "ok" if rc == 0 else f"FAILED (exit status {rc})"
-        print(f"[bench] ({i}/{len(benches)}) {bench.name}: {status} in {seconds:.0f} s", flush=True)
+        state = "ok" if rc == 0 else f"FAILED (exit status {rc})"
+        print(f"[bench] ({i}/{len(benches)}) {bench.name}: {state} in {seconds:.0f} s", flush=True)
+        for line in target_lines(bench.name, quick):
+            print(f"[bench]   {line}", flush=True)
         outcomes.append((bench, rc, seconds))
     return outcomes
 

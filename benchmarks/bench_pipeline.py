@@ -64,7 +64,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import load_average, median, target
+from benchmarks.common import Attempts, median, target
 from benchmarks.fixtures import bench_env, ensure_champion, make_project, python, run_cmd, serve
 
 NAME = "pipeline"
@@ -444,6 +444,8 @@ def child_gate(args: dict[str, Any]) -> dict[str, Any]:
     df = _synthetic_labeled(read_labeled(params), read_test(params)["text"], args["rows"], seed=5)
     work = Path(tempfile.mkdtemp(prefix="gate-", dir=Path.cwd()))  # GX wants absolute paths
     files = {"small": args["small_rows"], "large": args["rows"]}
+    # More sizes (the cost curves, benchmarks/bench_curves.py): each alternates with the others.
+    files.update({f"rows{n}": n for n in args.get("sizes", ())})
     for name, n in files.items():
         df.head(n).to_csv(work / f"{name}.csv", index=False)
 
@@ -474,7 +476,7 @@ def child_gate(args: dict[str, Any]) -> dict[str, Any]:
         return seconds, gx_times[-1]
 
     first_call_s = call("small", -1)[0]  # compiles and caches what later calls reuse
-    timings: dict[str, list[tuple[float, float]]] = {"small": [], "large": []}
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in files}
     for i in range(args["repeats"]):
         for name in timings:  # alternate sizes, so a noisy moment hits both alike
             timings[name].append(call(name, i))
@@ -981,25 +983,14 @@ def run(quick: bool) -> dict[str, Any]:
     """Measure everything in a throwaway project; the payload the harness records."""
     budget = QUICK if quick else FULL
     res: dict[str, Any] = {"budget": budget.label}
-    errors: dict[str, str] = {}
     workdir = Path(tempfile.mkdtemp(prefix="slmops-bench-pipeline-"))
     root = workdir / "project"
-    timings: dict[str, float] = {}
-
-    def attempt(key: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        try:
-            return fn()
-        except Exception as exc:  # one failed measurement must not hide the others
-            errors[key] = f"{type(exc).__name__}: {exc}"[-3000:]
-            return None
-        finally:
-            timings[key] = round(time.perf_counter() - start, 1)
+    attempt = Attempts()
 
     try:
         start = time.perf_counter()
         env = prepare_project(root, budget)
-        timings["project_setup"] = round(time.perf_counter() - start, 1)
+        attempt.seconds["project_setup"] = round(time.perf_counter() - start, 1)
         flow = attempt("flow", lambda: measure_retrain(root, env))
         champion = None
         if flow:
@@ -1029,12 +1020,8 @@ def run(quick: bool) -> dict[str, Any]:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     res = {k: v for k, v in res.items() if v is not None}
-    res["seconds_per_part"] = timings
-    res["load_average_after"] = load_average()
-    if errors:
-        res["errors"] = errors
     return {
-        "results": res,
+        "results": attempt.record(res),
         "targets": _targets(res, quick),
         "notes": NOTES,
         "settings": {"budget": budget.label, "params_overrides": budget.params},

@@ -171,6 +171,35 @@ def alternate(
     return samples
 
 
+class Attempts:
+    """Runs a benchmark's parts so that one that fails does not hide the others:
+    ``attempts(key, fn)`` is ``fn()``, or None with the error kept in ``errors[key]``;
+    every part's wall time goes to ``seconds[key]``."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, key: str, fn: Callable[[], T]) -> T | None:
+        """``fn()``, or None when it raised (the error recorded under ``key``)."""
+        start = time.perf_counter()
+        try:
+            return fn()
+        except Exception as exc:  # one failed measurement must not hide the others
+            self.errors[key] = f"{type(exc).__name__}: {exc}"[-3000:]
+            return None
+        finally:
+            self.seconds[key] = round(time.perf_counter() - start, 1)
+
+    def record(self, results: dict[str, Any]) -> dict[str, Any]:
+        """``results`` with each part's seconds, the load average now and any errors."""
+        results["seconds_per_part"] = self.seconds
+        results["load_average_after"] = load_average()
+        if self.errors:
+            results["errors"] = self.errors
+        return results
+
+
 def timed(fn: Callable[[], Any]) -> Callable[[], float]:
     """``fn`` as a side for :func:`alternate` whose sample is its wall time in seconds."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -222,6 +223,7 @@ def render(records: Sequence[dict[str, Any]], *, quick: bool = False) -> str:
             lines.append(f"- {note}")
         if rec.get("notes"):
             lines.append("")
+        lines += plot_lines(rec, quick)
         if rec.get("settings"):
             lines += ["**settings**", "", *table(["", ""], list(rec["settings"].items())), ""]
         lines += results_tables(rec.get("results"))
@@ -237,6 +239,20 @@ def render(records: Sequence[dict[str, Any]], *, quick: bool = False) -> str:
             )  # fmt: skip
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_lines(rec: dict[str, Any], quick: bool) -> list[str]:
+    """Links to a result's plots: ``plots`` maps a caption to a PNG's name in the
+    results folder; each is shown as an image, relative to the page."""
+    plots = rec.get("plots") or {}
+    if not plots:
+        return []
+    folder = os.path.relpath(results_dir(quick), output_path(quick).parent)
+    lines = []
+    for caption, name in plots.items():
+        href = name if folder == "." else f"{folder}/{name}"
+        lines += [f"![{caption}]({href})", ""]
+    return lines
 
 
 def output_path(quick: bool) -> Path:

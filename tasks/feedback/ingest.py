@@ -2,7 +2,8 @@
 
 Exactly once, whatever is killed when, in bounded chunks. Each feedback row
 carries its id into the labeled data (``source_id``), so the order of work for
-each chunk of at most ``feedback.ingest_chunk_rows`` rows is:
+each chunk (``feedback.ingest_chunk_rows`` rows, then as many as the run has
+read so far, so that a backlog of n rows takes O(log n) chunks) is:
 
 1. read the feedback after the watermark;
 2. drop ids the labeled data (or its quarantine) already holds, from a run
@@ -225,17 +226,20 @@ def ingest_feedback(
     limit: int | None = None,
 ) -> IngestResult:
     """Merge the feedback after the watermark into the labeled data (see module doc);
-    at most ``limit`` rows (None: all), ``feedback.ingest_chunk_rows`` at a time."""
+    at most ``limit`` rows (None: all), in chunks of ``feedback.ingest_chunk_rows`` rows
+    that then double."""
     with project_lock(params, "ingest feedback"):
         now = now or datetime.now(UTC)
         before = watermark(store)
         undone = undo_revoked(params, store, now.isoformat(timespec="seconds"))
         if undone.changed:
             _record(params, f"data: revoked feedback undone: {_undone(undone)}")
-        chunk = params.feedback.ingest_chunk_rows
         parts: list[IngestResult] = []
         left = limit
         while left is None or left > 0:
+            # Every chunk rewrites and re-hashes the whole labeled data set: chunks that
+            # grow with what this run has read keep a large backlog linear, not quadratic.
+            chunk = max(params.feedback.ingest_chunk_rows, sum(p.read for p in parts))
             size = chunk if left is None else min(chunk, left)
             part = _ingest_chunk(params, store, task, now, size)
             if part is None:

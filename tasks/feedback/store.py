@@ -91,6 +91,9 @@ feedback_table = sa.Table(
     sa.Column("user_name", sa.String(255), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("kind IN ('correction', 'confirmation')", name="ck_feedback_kind"),
+    # Ingestion's daily-cap count (corrections_by) and revoke look feedback up by reviewer
+    # and time: without it each count scans every feedback row (migration 0004).
+    sa.Index("ix_feedback_user_created", "user_name", "created_at"),
 )
 # One row per (prediction, label, reviewer): a client that retries creates nothing new,
 # and a second reviewer agreeing on the same prediction is a second vote, not a repeat.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import benchmarks.common as common
-from benchmarks.__main__ import discover, run_child, select
+from benchmarks.__main__ import discover, run_child, select, target_lines
 from benchmarks.common import (
     alternate,
     median,
@@ -207,3 +207,18 @@ def test_run_child_records_results_and_failures(tmp_path: Path, monkeypatch) -> 
     assert run_child("fake_bench_bad", quick=True) == 1
     failed = json.loads((tmp_path / "bad.json").read_text())
     assert "RuntimeError: boom" in failed["error"]
+
+
+def test_render_links_the_plots_and_the_runner_prints_every_target(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(common, "QUICK_RESULTS_DIR", tmp_path)
+    write_result("curves", {**payload(), "plots": {"gate": "curve_gate.png"}}, quick=True)
+    # Quick: the page sits beside the plots; full: benchmarks/RESULTS.md, plots in results/.
+    assert "![gate](curve_gate.png)" in render(load(quick=True), quick=True)
+    assert "![gate](results/curve_gate.png)" in render(load(quick=True), quick=False)
+    lines = target_lines("curves", quick=True)
+    assert "throughput vs Trainer: 2.25 (target >= 2x): met" in lines
+    assert "accuracy vs Trainer: -0.5 (target within 0.3 pt): NOT met" in lines
+    assert len(lines) == 4
+    assert target_lines("absent", quick=True) == []

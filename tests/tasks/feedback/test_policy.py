@@ -139,20 +139,24 @@ def test_a_batch_draining_a_class_is_dead_lettered_in_part_and_never_retried(pro
     assert "merging it would make the labeled data fail min_examples_per_class" in dead[0].reason
 
 
-def test_ingestion_goes_in_bounded_chunks_each_its_own_version(project: Path):
+def test_ingestion_goes_in_chunks_each_its_own_version_that_grow_with_the_backlog(
+    project: Path,
+):
     params = with_feedback(project, ingest_chunk_rows=2)
     labels = load_label_set(params)
     new = [(f"a new question number {i} about rates", "card_arrival", "exchange_rate", "ann")
-           for i in range(5)]  # fmt: skip
+           for i in range(9)]  # fmt: skip
     with FeedbackStore.from_params(params) as store:
         predict_and_correct(store, labels, new)
         result = ingest_feedback(params, store)
-        assert watermark(store) == 5
-    assert result.read == 5 and result.summary.added == 5
-    assert result.watermark_before == 0 and result.watermark_after == 5
+        assert watermark(store) == 9
+    assert result.read == 9 and result.summary.added == 9
+    assert result.watermark_before == 0 and result.watermark_after == 9
     log = run(["git", "log", "--format=%s", "--", "data/labeled.dvc"], project).stdout.split("\n")
+    # 2 rows, then as many as read so far: 2, 4, 8 (1 left).
     assert [line for line in log if line.startswith("data: feedback")] == [
-        "data: feedback 5-5: 1 added, 0 corrected, 0 quarantined",
+        "data: feedback 9-9: 1 added, 0 corrected, 0 quarantined",
+        "data: feedback 5-8: 4 added, 0 corrected, 0 quarantined",
         "data: feedback 3-4: 2 added, 0 corrected, 0 quarantined",
         "data: feedback 1-2: 2 added, 0 corrected, 0 quarantined",
     ]

@@ -202,3 +202,31 @@ def test_a_watermark_never_moves_back(store):
         kept = store.set_watermark("labeled", stale)
         assert (kept.last_feedback_id, kept.updated_at) == (7, high.updated_at)
     assert store.get_watermark("labeled").last_feedback_id == 7
+
+
+def test_the_daily_cap_count_searches_an_index_not_every_feedback_row(store):
+    # Ingestion counts a reviewer's corrections of the day once per reviewer and day in
+    # every chunk: a scan of the whole feedback table there grows with the store's history
+    # (benchmarks/bench_curves.py). SQLite's plan for the query the store sends must
+    # search the (user_name, created_at) index, for a reviewer and for anonymous feedback.
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT COUNT"):
+            statements.append((statement, parameters))
+
+    day = datetime(2026, 11, 30, tzinfo=UTC)
+    sa.event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        store.corrections_by("ann", day, day + timedelta(days=1), before_id=10)
+        store.corrections_by(None, day, day + timedelta(days=1), before_id=10)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+    assert len(statements) == 2
+    with store.engine.connect() as conn:
+        for statement, parameters in statements:
+            plan = " ".join(
+                str(row[-1])
+                for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            )
+            assert "USING INDEX ix_feedback_user_created" in plan, plan
