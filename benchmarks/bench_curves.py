@@ -439,6 +439,10 @@ def fill_store(
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     sorted(fb, key=lambda r: r[5]),
                 )
+                # What add_feedback does in its transaction: out of the review queue.
+                conn.executemany(
+                    "UPDATE predictions SET reviewed = 1 WHERE id = ?", [(r[1],) for r in fb]
+                )
             feedback_rows += len(fb)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -774,9 +778,9 @@ WHY = {
     "with what came before",
     "store: predict-path insert p50": "one B-tree insert per index: O(log n), flat in practice",
     "store: predict-path insert p95": "tail of the same; WAL checkpoints show here",
-    "store: /review query": "least confident unreviewed predictions: the confidence index, "
-    "skipping those with feedback; reviewers working the queue have reviewed the low end, so "
-    "a page skips every reviewed row there: O(reviewed rows), linear in the store",
+    "store: /review query": "least confident unreviewed predictions: a partial index of the "
+    "unreviewed rows in the queue's order (predictions.reviewed, migration 0005), so a page "
+    "reads its rows and skips none: should not depend on the store's size",
     "store: ingestion query (fixed new rows)": "fixed number of new rows after the watermark: "
     "should not depend on the store's size",
     "store: database size": "bytes per row constant: linear",

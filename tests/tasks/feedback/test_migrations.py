@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -267,4 +268,79 @@ def test_the_migrations_make_the_schema_the_code_declares(tmp_path, backend, req
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": migrations.VERSION_TABLE})
         assert compare_metadata(context, declared) == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_revision_0005_marks_exactly_the_predictions_with_feedback_reviewed(
+    tmp_path, backend, request
+):
+    # A database at revision 0004 (before predictions.reviewed) with feedback on
+    # predictions 0 (two reviewers, one of them revoked) and 2, none on 1 and 3: the
+    # review queue held 1 and 3 then, and must hold exactly those after the upgrade.
+    if backend == "postgres":
+        url = fresh_database(request.getfixturevalue("postgres_url"))
+    else:
+        url = f"sqlite:///{tmp_path / 'r0004.db'}"
+    engine = make_engine(url, tmp_path)
+    with engine.connect() as conn:
+        command.upgrade(migrations.config(conn), "0004")
+        conn.commit()
+    assert migrations.current(engine) == "0004"
+    tables = baseline.tables()
+    predictions, feedback = tables.tables["predictions"], tables.tables["feedback"]
+    ids = [f"{i:032x}" for i in range(4)]
+    with engine.begin() as conn:
+        conn.execute(
+            predictions.insert(),
+            [
+                {
+                    "id": pid,
+                    "text": f"text {i}",
+                    "label": "card_arrival",
+                    "confidence": 0.1 * (i + 1),
+                    "top_k": [],
+                    "model_name": "slmops-intent",
+                    "model_version": "1",
+                    "created_at": AT,
+                }
+                for i, pid in enumerate(ids)
+            ],
+        )
+        conn.execute(
+            feedback.insert(),
+            [
+                {
+                    "prediction_id": ids[i],
+                    "label": "top_up_failed",
+                    "kind": "correction",
+                    "user_name": user,
+                    "created_at": AT,
+                }
+                for i, user in [(0, "ann"), (0, "bob"), (2, None)]
+            ],
+        )
+        first = conn.execute(sa.select(sa.func.min(feedback.c.id))).scalar_one()
+        conn.execute(
+            tables.tables["feedback_revocations"].insert(),
+            {"feedback_id": first, "revoked_by": "ops", "reason": "spam", "revoked_at": AT},
+        )
+
+    assert upgrade_schema(engine) == ("0004", migrations.head())
+
+    with engine.connect() as conn:
+        reviewed = dict(conn.execute(sa.text("SELECT id, reviewed FROM predictions")).all())
+    assert {pid: bool(flag) for pid, flag in reviewed.items()} == {
+        ids[0]: True,
+        ids[1]: False,
+        ids[2]: True,
+        ids[3]: False,
+    }
+    with FeedbackStore(engine, auto_migrate=False) as store:
+        assert [p.id for p in store.review_queue(10)] == [ids[1], ids[3]]
+        # A prediction logged after the upgrade starts unreviewed (the column's default).
+        (new,) = store.log_predictions(
+            [NewPrediction("new", "card_arrival", 0.05, [], "slmops-intent", "2")]
+        )
+        assert [p.id for p in store.review_queue(10)] == [new, ids[1], ids[3]]
     engine.dispose()
