@@ -1,6 +1,7 @@
-"""Serving formats: torch fp32 / int8 and ONNX fp32 / int8 vs a ``transformers.pipeline``.
+"""Serving formats: torch fp32 / int8 and ONNX fp32 / int8 (unfused and fused) vs a
+``transformers.pipeline``.
 
-Five sides predict with the same model on the CPU, in one process:
+Six sides predict with the same model on the CPU, in one process:
 
 - ``pipeline``: ``transformers.pipeline("text-classification", model=<folder>,
   device="cpu", dtype=float32)``, what a user would otherwise run; truncation
@@ -11,7 +12,12 @@ Five sides predict with the same model on the CPU, in one process:
   graph is exported fresh from the model folder (:func:`tasks.model.export.export_onnx`)
   and quantized with the shipped ``export`` settings
   (:func:`tasks.model.export.quantize_onnx`: ``int8_op_types``, ``int8_per_channel``,
-  ``opset``), as promotion does; ``torch-int8`` is quantized when loaded.
+  ``opset``), as promotion does; ``torch-int8`` is quantized when loaded;
+- ``onnx-int8-fused``: the same, with ONNX Runtime's transformer fusions applied
+  before quantization (:func:`tasks.model.export.fuse_onnx`: attention, embedding
+  LayerNorm, bias-GELU). ``export.fusion`` says which of the two int8 sides promotion
+  makes, the one the service serves (``served`` in the results): the speed target
+  is judged on it, with its batch-1 p50 beside.
 
 **The model**, in order: ``--model-dir`` / ``SLMOPS_BENCH_MODEL_DIR`` (a folder
 written by ``slmops train``); else the ``champion`` of the checkout's registry,
@@ -27,7 +33,7 @@ texts of the test split: ``singles`` batch-1 predictions, each timed on its own
 cheapest single-text path), then ``batches`` calls of 32 texts each
 (throughput; the pipeline gets the list with ``batch_size=32``, ours
 ``predict_proba(texts, batch_size=32)``: one padded batch per call on every
-side, so padding is the same). A sixth entry in the rotation only tokenizes
+side, so padding is the same). One more entry in the rotation only tokenizes
 the same texts, as our predictors do: the part of each call no format speeds up.
 Reported: latency p50/p95/p99 (ms, every batch-1 call of every round),
 throughput (examples/s, median over rounds) and its ratio to the pipeline's
@@ -65,7 +71,8 @@ from benchmarks.common import alternate, load_average, median, ratio, run_isolat
 NAME = "formats"
 
 PIPELINE = "pipeline"
-FORMATS = ("torch", "torch-int8", "onnx", "onnx-int8")
+FUSED_INT8 = "onnx-int8-fused"
+FORMATS = ("torch", "torch-int8", "onnx", "onnx-int8", FUSED_INT8)
 SIDES = (PIPELINE, *FORMATS)
 TOKENIZE = "tokenize"  # timed like a side; not a way to serve
 DESCRIPTIONS = {
@@ -74,6 +81,7 @@ DESCRIPTIONS = {
     "torch-int8": "our predictor, torch dynamic int8 (quantized on load)",
     "onnx": "our predictor, ONNX Runtime fp32",
     "onnx-int8": "our predictor, ONNX Runtime dynamic int8",
+    FUSED_INT8: "our predictor, ONNX Runtime dynamic int8 of the fused graph",
 }
 BATCH = 32
 ACCURACY_BATCH = 128  # slmops.tasks.model.export.accuracy's default for our predictors
@@ -212,7 +220,7 @@ def load_side(
     if side == PIPELINE:
         return PipelineSide(folder, max_length)
     return load_predictor(
-        side,
+        "onnx-int8" if side == FUSED_INT8 else side,
         folder,
         onnx_files.get(side),
         task=SequenceClassification(),
@@ -371,22 +379,28 @@ def measure(
     clock = Phases()
 
     fp32 = export_onnx(folder, workdir / "onnx" / ONNX_FILE, export_cfg.opset, task=task)
-    clock.lap("onnx export")
-    int8 = quantize_onnx(
-        fp32,
-        workdir / "onnx-int8" / ONNX_FILE,
-        export_cfg.int8_op_types,
-        export_cfg.int8_per_channel,
+    fused = export_onnx(
+        folder, workdir / "onnx-fused" / ONNX_FILE, export_cfg.opset, task=task, fuse=True
     )
+    clock.lap("onnx export")
+    onnx_files = {"onnx": fp32}
+    for side, graph in (("onnx-int8", fp32), (FUSED_INT8, fused)):
+        onnx_files[side] = quantize_onnx(
+            graph,
+            workdir / side / ONNX_FILE,
+            export_cfg.int8_op_types,
+            export_cfg.int8_per_channel,
+        )
     clock.lap("int8 quantization")
-    onnx_files = {"onnx": fp32, "onnx-int8": int8}
+    served = FUSED_INT8 if export_cfg.fusion else "onnx-int8"
     weights = sorted(folder.glob("*.safetensors"))
     sizes = {
         PIPELINE: _mb(weights),
         "torch": _mb(weights),
         "torch-int8": _mb(weights),  # quantized when loaded: the fp32 file is what is stored
         "onnx": _mb([fp32]),
-        "onnx-int8": _mb([int8]),
+        "onnx-int8": _mb([onnx_files["onnx-int8"]]),
+        FUSED_INT8: _mb([onnx_files[FUSED_INT8]]),
     }
 
     # torch fp32 first: the pipeline truncates to the length our predictors use.
@@ -442,10 +456,11 @@ def measure(
                 **memory.get(side, {}),
             }
         )
-    tok, q8 = speed[TOKENIZE], speed["onnx-int8"]
+    tok, q8 = speed[TOKENIZE], speed[served]
     tokenization = {
         "batch-1 p50 ms": tok["p50_ms"],
         "batch-32 examples/s": tok["throughput_per_s"],
+        # Shares of the int8 side served (export.fusion picks it).
         "share of ONNX int8 batch-1 p50": _round(ratio(tok["p50_ms"], q8["p50_ms"]), 3),
         "share of ONNX int8 batch-32 time": _round(
             ratio(q8["throughput_per_s"], tok["throughput_per_s"]), 3
@@ -464,8 +479,11 @@ def measure(
         # 1-minute load average before and after the timing rounds.
         "load_average_timing": [x[0] if x else None for x in load_timing],
         "formats": rows,
+        # The int8 side promotion makes with these export settings: what is served.
+        "served": served,
         "tokenization": tokenization,
         "export": {
+            "fusion": export_cfg.fusion,
             "opset": export_cfg.opset,
             "int8_op_types": list(export_cfg.int8_op_types or []),
             "int8_per_channel": export_cfg.int8_per_channel,
@@ -478,6 +496,11 @@ def _rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["format"]: row for row in results.get("formats", [])}
 
 
+def served_side(results: dict[str, Any]) -> str:
+    """The int8 side the service serves (``served``; ``onnx-int8`` in older results)."""
+    return results.get("served") or "onnx-int8"
+
+
 def why_slow(results: dict[str, Any]) -> str:
     """Where ONNX int8's speed-up over the pipeline comes from, and what limits it."""
     rows = _rows(results)
@@ -487,7 +510,7 @@ def why_slow(results: dict[str, Any]) -> str:
         # Ratios of medians, so that the three steps multiply to the whole.
         f"step by step, our torch predictor runs {ratio_text(thr['torch'], thr[PIPELINE])}x "
         f"the pipeline, ONNX Runtime fp32 {ratio_text(thr['onnx'], thr['torch'])}x torch "
-        f"fp32 and int8 {ratio_text(thr['onnx-int8'], thr['onnx'])}x ONNX fp32",
+        f"fp32 and int8 {ratio_text(thr[served_side(results)], thr['onnx'])}x ONNX fp32",
     ]
     share = tok.get("share of ONNX int8 batch-32 time")
     ceiling = tok.get("ceiling vs pipeline (tokenization only)")
@@ -530,17 +553,25 @@ def ratio_text(a: float | None, b: float | None) -> str:
 def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     """The issue's two targets for serving formats, with what was measured."""
     rows = _rows(results)
-    q8, pipe, ref = rows.get("onnx-int8"), rows.get(PIPELINE), rows.get("torch")
+    served = served_side(results)
+    q8, pipe, ref = rows.get(served), rows.get(PIPELINE), rows.get("torch")
+    name = "ONNX int8" + (" (fused graph)" if served == FUSED_INT8 else "")
     out = []
     if q8 and pipe:
         x = q8["vs_pipeline"]
         met = x is not None and x >= MIN_SPEEDUP_VS_PIPELINE
         note = (
-            f"{q8['throughput_per_s']} vs {pipe['throughput_per_s']} examples/s in batches of "
-            f"{BATCH}, median of per-round ratios over {results.get('rounds', '?')} interleaved "
-            f"rounds, {results.get('threads')} threads; batch-1 p50 {q8['p50_ms']} vs "
-            f"{pipe['p50_ms']} ms"
+            f"{served} (served): {q8['throughput_per_s']} vs {pipe['throughput_per_s']} "
+            f"examples/s in batches of {BATCH}, median of per-round ratios over "
+            f"{results.get('rounds', '?')} interleaved rounds, {results.get('threads')} "
+            f"threads; batch-1 p50 {q8['p50_ms']} vs {pipe['p50_ms']} ms"
         )
+        other = rows.get(FUSED_INT8 if served == "onnx-int8" else "onnx-int8")
+        if other:
+            note += (
+                f"; {other['format']} (not served): {other['vs_pipeline']}x, batch-1 p50 "
+                f"{other['p50_ms']} ms"
+            )
         if not met and ref:
             note += "; " + why_slow(results)
         busy = busy_note(results)
@@ -548,7 +579,7 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
             note += "; " + busy
         out.append(
             target(
-                "ONNX int8 throughput vs transformers.pipeline (torch fp32)",
+                f"{name} throughput vs transformers.pipeline (torch fp32)",
                 f">= {MIN_SPEEDUP_VS_PIPELINE:g}x",
                 f"{x}x" if x is not None else None,
                 met,
@@ -567,11 +598,11 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
             met, why = drop <= MAX_ACCURACY_DROP_PT + 1e-9, f"on all {rows_text}"
         out.append(
             target(
-                "ONNX int8 accuracy drop vs torch fp32",
+                f"{name} accuracy drop vs torch fp32",
                 f"<= {MAX_ACCURACY_DROP_PT:g} pt",
                 f"{drop} pt",
                 met,
-                f"{why}; ONNX int8 {q8['accuracy']:.4f} vs torch fp32 {ref['accuracy']:.4f} "
+                f"{why}; {served} {q8['accuracy']:.4f} vs torch fp32 {ref['accuracy']:.4f} "
                 f"({results.get('model')})",
             )
         )
@@ -579,7 +610,7 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
 
 
 NOTES = [
-    "All five sides load the same model folder and run in one process on the CPU, "
+    "All six sides load the same model folder and run in one process on the CPU, "
     "alternating round by round after a warm-up round, with the same texts in each round; "
     "torch and ONNX Runtime use os.cpu_count() threads.",
     "Latency: one text per call, tokenization included (the pipeline gets the bare string, "

@@ -567,6 +567,12 @@ class ExportConfig(_Strict):
         "reference machine, first; see benchmarks/bench_formats.py)",
     )
     opset: Annotated[int, Field(ge=17, le=23)] = Field(default=17, description="ONNX opset")
+    fusion: bool = Field(
+        default=False,
+        description="fuse the ONNX graph with ONNX Runtime's transformer optimizer before int8 "
+        "(attention, embedding LayerNorm, bias-GELU; BERT-like models): faster at batch 1, "
+        "slower in batches of 32 where measured (docs/performance.md)",
+    )
     int8_op_types: list[str] = Field(
         default=["MatMul", "Gather"],
         description="ONNX op types quantized to int8 (MatMul: the linear layers; Gather: the "
@@ -706,8 +712,9 @@ class FeedbackConfig(_Strict):
     )
     ingest_chunk_rows: Annotated[int, Field(ge=1)] = Field(
         default=5000,
-        description="feedback rows merged per step of an ingestion (each step is its own "
-        "data version and moves the watermark)",
+        description="feedback rows merged by the first step of an ingestion (each step is its "
+        "own data version and moves the watermark); later steps of the same run take as many "
+        "rows as it has read so far, since every step rewrites the whole labeled data",
     )
     retrain_deployment: str = Field(
         default="retrain/weekly",

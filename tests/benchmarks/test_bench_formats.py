@@ -108,6 +108,20 @@ def test_a_busy_machine_is_flagged_in_the_speed_note():
     assert "4.0 on 2 cores" in out["ONNX int8 throughput"]["note"]
 
 
+def test_the_speed_target_is_judged_on_the_int8_graph_served():
+    res = results(180.0)
+    res["formats"].append(row(bf.FUSED_INT8, 250.0, 0.9080, p50=4.0))
+    unfused = by_what(bf.targets({**res, "served": "onnx-int8"}, quick=False))
+    speed = unfused["ONNX int8 throughput"]
+    assert speed["met"] is False and speed["measured"] == "1.8x"
+    assert "onnx-int8-fused (not served): 2.5x, batch-1 p50 4.0 ms" in speed["note"]
+    fused = by_what(bf.targets({**res, "served": bf.FUSED_INT8}, quick=False))
+    speed = fused["ONNX int8 (fused graph) throughput"]
+    assert speed["met"] is True and speed["measured"] == "2.5x"
+    assert "onnx-int8-fused (served)" in speed["note"] and "batch-1 p50 4.0 vs" in speed["note"]
+    assert fused["ONNX int8 (fused graph) accuracy drop"]["measured"] == "0.14 pt"
+
+
 def test_no_targets_without_the_rows_they_need():
     assert bf.targets({"formats": []}, quick=False) == []
 
@@ -169,6 +183,8 @@ def test_measure_on_a_tiny_model(tmp_path: Path, torch_threads, monkeypatch):
     assert rows["pipeline"]["accuracy"] == rows["torch"]["accuracy"]
     assert rows["onnx"]["accuracy_drop_pt"] == pytest.approx(0.0, abs=1e-9)
     assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"]
+    assert rows[bf.FUSED_INT8]["size_mb"] < rows["onnx"]["size_mb"]
+    assert res["served"] == ("onnx-int8-fused" if export.fusion else "onnx-int8")
     assert res["test_rows"] == len(test) and res["max_length"] == 128 and res["rounds"] == 2
     assert set(res["seconds"]) >= {"onnx export", "accuracy passes", "timing rounds"}
     assert res["tokenization"]["batch-32 examples/s"] > 0 and res["threads"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,25 @@ import pandas as pd
 import pytest
 
 from slmops.tasks.core.config import ExportConfig
+from slmops.tasks.model import export as export_module
 from slmops.tasks.model.export import (
     FORMATS_FILE,
+    INPUT_NAMES,
     FormatCheck,
+    _Logits,
     check_formats,
     choose_format,
     export_onnx,
     quantize_onnx,
     speedup,
 )
-from slmops.tasks.model.inference import OnnxPredictor, Predictor, load_predictor
+from slmops.tasks.model.inference import (
+    DISABLED_OPTIMIZERS,
+    OnnxPredictor,
+    Predictor,
+    load_predictor,
+    ort_session,
+)
 from slmops.tasks.task_types import task_type
 from tests.tasks.tiny_model import TINY_LABELS, make_tiny_model, tiny_frames
 
@@ -79,6 +89,111 @@ def test_onnx_int8_is_smaller_and_close(model_dir, exported, texts):
     np.testing.assert_allclose(int8, fp32, atol=0.1)
     assert np.mean(int8.argmax(axis=1) == fp32.argmax(axis=1)) >= 0.8
     assert exported["onnx-int8"].stat().st_size < exported["onnx"].stat().st_size / 2
+
+
+def op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def fused(model_dir, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("fused")
+    fp32 = export_onnx(model_dir, out / "fp32" / "model.onnx", task=SEQ, fuse=True)
+    int8 = quantize_onnx(fp32, out / "int8" / "model.onnx", ["MatMul", "Gather"])
+    return {"onnx": fp32, "onnx-int8": int8}
+
+
+def test_the_fused_export_matches_torch(model_dir, exported, fused, texts):
+    ops = op_types(fused["onnx"])
+    # Attention, embeddings + LayerNorm and bias + GELU fused; no SkipLayerNormalization,
+    # whose CPU kernel is slower than the Add + LayerNormalization it replaces.
+    assert {"Attention", "EmbedLayerNormalization", "BiasGelu"} <= ops
+    assert "SkipLayerNormalization" not in ops and "Attention" not in op_types(exported["onnx"])
+    torch_p = Predictor.from_dir(model_dir, device="cpu", task=SEQ)
+    fused_p = load_predictor("onnx", model_dir, fused["onnx"], task=SEQ, num_threads=1)
+    want = torch_p.predict_proba(texts, batch_size=8)
+    # Padded batches (the mask becomes sequence lengths) and single texts alike.
+    np.testing.assert_allclose(fused_p.predict_proba(texts, batch_size=8), want, atol=1e-5)
+    one_by_one = np.concatenate([fused_p.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(one_by_one, want, atol=1e-5)
+
+
+def test_the_fused_graph_quantizes_its_fused_ops_too(model_dir, fused, texts):
+    ops = op_types(fused["onnx-int8"])
+    # MatMul means the Q/K/V weights inside Attention too, Gather the embedding tables.
+    assert {"QAttention", "QEmbedLayerNormalization"} <= ops
+    assert not {"Attention", "EmbedLayerNormalization"} & ops
+    assert fused["onnx-int8"].stat().st_size < fused["onnx"].stat().st_size / 2
+    fp32 = load_predictor("onnx", model_dir, fused["onnx"], task=SEQ).predict_proba(texts)
+    int8 = load_predictor("onnx-int8", model_dir, fused["onnx-int8"], task=SEQ, num_threads=1)
+    got = int8.predict_proba(texts)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(got, fp32, atol=0.1)
+    assert np.mean(got.argmax(axis=1) == fp32.argmax(axis=1)) >= 0.8
+
+
+def test_check_formats_with_fusion_stores_the_fused_graphs(model_dir, test_frame, tmp_path):
+    cfg = ExportConfig(formats=["onnx", "onnx-int8"], fusion=True, measure=False)
+    report = check_formats(model_dir, tmp_path / "f", test_frame, cfg, task=SEQ, num_threads=1)
+    formats = report["formats"]
+    assert "Attention" in op_types(tmp_path / "f" / formats["onnx"]["file"])
+    assert "QAttention" in op_types(tmp_path / "f" / formats["onnx-int8"]["file"])
+    assert formats["onnx"]["accuracy"] == pytest.approx(formats["torch"]["accuracy"])
+
+
+def test_sessions_do_not_spin_and_leave_skip_layer_norm_unfused(exported):
+    options = ort_session(exported["onnx-int8"], 1).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert "SkipLayerNormFusion" in DISABLED_OPTIMIZERS
+
+
+def test_a_graph_exported_before_eager_attention_still_loads(model_dir, tmp_path, texts):
+    """Versions exported earlier hold the SDPA graph (IsNaN/Where after each softmax):
+    today's sessions load and run it as before."""
+    import torch
+    from transformers import AutoTokenizer
+
+    model = SEQ.auto_class().from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    enc = AutoTokenizer.from_pretrained(str(model_dir))(
+        ["a b", "c"], padding=True, return_tensors="pt"
+    )
+    axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    old = tmp_path / "model.onnx"
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the tracer's shape warnings, as in export_onnx
+        torch.onnx.export(
+            _Logits(model, INPUT_NAMES).eval(),
+            tuple(enc[n] for n in INPUT_NAMES),
+            str(old),
+            input_names=list(INPUT_NAMES),
+            output_names=["logits"],
+            dynamic_axes={**axes, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    assert "IsNaN" in op_types(old)
+    want = Predictor.from_dir(model_dir, device="cpu", task=SEQ).predict_proba(texts)
+    got = load_predictor("onnx", model_dir, old, task=SEQ, num_threads=1).predict_proba(texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_without_a_fusion_the_export_stays_unfused(model_dir, tmp_path, monkeypatch, caplog):
+    # An architecture the optimizer is not asked to fuse: exported as is, and said so.
+    monkeypatch.setattr(export_module, "FUSABLE_MODEL_TYPES", frozenset())
+    plain = export_onnx(model_dir, tmp_path / "a" / "model.onnx", task=SEQ, fuse=True)
+    assert "Attention" not in op_types(plain) and "no ONNX Runtime fusion" in caplog.text
+
+    # An optimizer that fails: the checked unfused graph is kept, nothing left beside it.
+    def broken(*args, **kwargs):
+        raise RuntimeError("optimizer broke")
+
+    monkeypatch.setattr(export_module, "FUSABLE_MODEL_TYPES", frozenset({"bert"}))
+    monkeypatch.setattr(export_module, "fuse_onnx", broken)
+    kept = export_onnx(model_dir, tmp_path / "b" / "model.onnx", task=SEQ, fuse=True)
+    assert "Attention" not in op_types(kept) and "optimizer broke" in caplog.text
+    assert [p.name for p in kept.parent.iterdir()] == ["model.onnx"]
 
 
 def test_an_onnx_file_for_other_labels_is_refused(model_dir, exported, tmp_path):
