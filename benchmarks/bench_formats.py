@@ -150,7 +150,7 @@ def resolve(params: Any, workdir: Path, labels: Sequence[str], model_dir: str | 
 
         source = RegistrySource(params)
         ref = source.champion()
-        folder = fetch_version(params, ref, source.client)
+        folder = fetch_version(params, ref, source.registry)
         return Model(folder, f"models:/{ref.name}@champion (version {ref.version})", True)
     folder = untrained_model(params, workdir / "untrained", labels)
     return Model(

@@ -195,3 +195,31 @@ def test_measure_on_a_tiny_model(tmp_path: Path, torch_threads, monkeypatch):
     for side, files in (("onnx-int8", onnx), ("pipeline", {})):
         loaded = bf.load_and_predict(side, str(folder), files, 1, 128)
         assert loaded["seconds"] > 0
+
+
+def test_the_registry_champion_is_fetched_through_the_sources_registry(monkeypatch, tmp_path):
+    """Was: AttributeError ('RegistrySource' object has no attribute 'client') whenever
+    the registry had a champion, so a full run after `make demo` measured nothing."""
+    import benchmarks.bench_service as bs
+    import slmops.serving.model_source as ms
+
+    seen = {}
+
+    class Source:
+        def __init__(self, params):
+            self.registry = object()
+
+        def champion(self):
+            return ms.ModelRef("slmops-intent", "3", "run")
+
+    def fetch(params, ref, registry):
+        seen["registry"] = registry
+        return tmp_path
+
+    monkeypatch.setattr(bs, "registry_champion", lambda params: "3")
+    monkeypatch.setattr(ms, "RegistrySource", Source)
+    monkeypatch.setattr(ms, "fetch_version", fetch)
+    monkeypatch.delenv(bs.MODEL_DIR_ENV, raising=False)
+    model = bf.resolve(object(), tmp_path, ["a"], None)
+    assert model.description == "models:/slmops-intent@champion (version 3)"
+    assert seen["registry"] is not None
