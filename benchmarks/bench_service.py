@@ -786,7 +786,9 @@ def measure(budget: Budget, tuning: Tuning, model_dir: str | None, workdir: Path
                         "side": IN_PROCESS_BATCHES,
                         "requests": sum(r.requests for r in ceiling),
                         "errors": 0,
-                        "requests_per_s": median([r.requests / r.seconds for r in ceiling]),
+                        "requests_per_s": round(
+                            median([r.requests / r.seconds for r in ceiling]) or 0.0, 1
+                        ),
                         "batches": sum(len(r.latencies) for r in ceiling),
                     }
                 )
